@@ -143,9 +143,17 @@ class Topology:
         return seg
 
     def add_host(
-        self, name: str, segment: str | None = None, address: str | None = None
+        self,
+        name: str,
+        segment: str | None = None,
+        address: str | None = None,
+        default_via: str | None = "auto",
     ) -> Host:
-        """A namespace with ``eth0`` on the segment's bridge, loopback up, forwarding on."""
+        """A namespace with ``eth0`` on the segment's bridge, loopback up, forwarding on.
+
+        ``default_via="auto"`` routes by default to the segment's last address: a node needs a
+        default route for proxy ARP to answer its pods' ARP for 169.254.1.1, as on a real host.
+        """
         seg = self.segments[segment] if segment else next(iter(self.segments.values()))
         netns = self.ns(name)
         self._create_netns(netns)
@@ -155,6 +163,10 @@ class Topology:
             seg.next_host += 1
         run([IP, "-n", netns, "addr", "add", address, "dev", iface])
         run([IP, "-n", netns, "link", "set", iface, "up"])
+        if default_via == "auto":
+            default_via = str(seg.subnet[-2])
+        if default_via:
+            run([IP, "-n", netns, "route", "replace", "default", "via", default_via])
         sysctl(netns, "net.ipv4.ip_forward", "1")
         host = Host(name, netns, seg.name, ipaddress.IPv4Interface(address), iface)
         self.hosts[name] = host

@@ -1,0 +1,1 @@
+"""CNI plugins: ``calico`` and ``calico-ipam``, and the spec helpers they share."""
