@@ -118,7 +118,7 @@ def compile_matcher(root: Node, name: str = "selector") -> Matcher:
         f"    return match\n"
     )
     namespace: dict[str, object] = {}
-    exec(compile(source, f"<selector {name}>", "exec"), namespace)
+    exec(compile(source, f"<selector {name!r}>", "exec"), namespace)
     factory = namespace["make"]
     assert callable(factory)
     match_fn: Matcher = factory(*consts)

@@ -15,9 +15,12 @@ Calico's canonical string. Unlike Calico, negating an already negated parenthesi
 ``!(!x)``, also cancels (``negate``): Calico keeps both and renders ``!!x``, text which then
 re-parses to ``x``; cancelling makes every canonical string re-parse to the same tree.
 
-Parentheses may nest ``MAX_NESTING`` deep. Calico has no limit, but real selectors nest a few
-levels, and the limit keeps Python's recursion and bytecode compiler far from their own limits
-on any input, so that ``parse`` raises ``SelectorError`` and nothing else.
+Parentheses may nest ``MAX_NESTING`` deep, counting both those in the text and those the
+canonical form would have (one pair per ``&&`` or ``||`` chain, so ``a || b && c`` nests two
+deep): the second count makes every accepted selector's canonical string acceptable too. Calico
+has no limit, but real selectors nest a few levels, and the limit keeps Python's recursion and
+bytecode compiler far from their own limits on any input, so that ``parse`` raises
+``SelectorError`` and nothing else.
 
 ``parse`` memoises by text in a bounded LRU: the same selectors arrive again and again (every
 policy update re-sends its rules), and a cache hit also shares the compiled matcher.
@@ -32,8 +35,8 @@ from libcalico.selector.error import SelectorError
 from libcalico.selector.selector import ALL, Selector
 from libcalico.selector.tokenizer import OPERATORS_AFTER_LABEL, Tok, Token, tokenize
 
-MAX_NESTING = 48
-"""Deepest parenthesis nesting ``parse`` accepts."""
+MAX_NESTING = 64
+"""Deepest parenthesis nesting ``parse`` accepts, in the text and in its canonical form."""
 
 PARSE_CACHE_SIZE = 16384
 """Distinct selector texts ``parse`` remembers; a few MB at typical selector sizes."""
@@ -47,6 +50,7 @@ _VALUE_OPS: dict[Tok, type[ast.Eq | ast.Ne | ast.Contains | ast.StartsWith | ast
 }
 
 _OPERAND = "a label, has(...), all(), global(), '!' or '('"
+_TOO_DEEP = f"expected at most {MAX_NESTING} levels of nested parentheses"
 
 
 def parse(text: str, *, field: str = "", resource: str = "") -> Selector:
@@ -110,7 +114,7 @@ class _Parser:
     def parse(self) -> ast.Node:
         if self._peek().kind is Tok.EOF:
             return ast.All()
-        node = self._or_expr(0)
+        node, _ = self._or_expr(0)
         self._expect_next(Tok.EOF, "'&&', '||' or the end of the selector")
         return node
 
@@ -139,27 +143,46 @@ class _Parser:
 
     # --- grammar -------------------------------------------------------------------------
 
-    def _or_expr(self, depth: int) -> ast.Node:
-        operands = [self._and_expr(depth)]
+    # Each rule returns its node and its nesting: the number of && / || nodes on the deepest
+    # path, which is how deep the canonical form's parentheses nest. ``parens`` counts the
+    # parentheses open in the text, which bounds the recursion.
+
+    def _or_expr(self, parens: int) -> tuple[ast.Node, int]:
+        start = self._peek().pos
+        first = self._and_expr(parens)
+        if self._peek().kind is not Tok.OR:
+            return first
+        operands = [first]
         while self._peek().kind is Tok.OR:
             self._next()
-            operands.append(self._and_expr(depth))
-        return operands[0] if len(operands) == 1 else ast.Or(tuple(operands))
+            operands.append(self._and_expr(parens))
+        return ast.Or(tuple(n for n, _ in operands)), self._nest(operands, start)
 
-    def _and_expr(self, depth: int) -> ast.Node:
-        operands = [self._operation(depth)]
+    def _and_expr(self, parens: int) -> tuple[ast.Node, int]:
+        start = self._peek().pos
+        first = self._operation(parens)
+        if self._peek().kind is not Tok.AND:
+            return first
+        operands = [first]
         while self._peek().kind is Tok.AND:
             self._next()
-            operands.append(self._operation(depth))
-        return operands[0] if len(operands) == 1 else ast.And(tuple(operands))
+            operands.append(self._operation(parens))
+        return ast.And(tuple(n for n, _ in operands)), self._nest(operands, start)
 
-    def _operation(self, depth: int) -> ast.Node:
+    def _nest(self, operands: list[tuple[ast.Node, int]], start: int) -> int:
+        nest = 1 + max(n for _, n in operands)
+        if nest > MAX_NESTING:
+            raise SelectorError(self._text, _TOO_DEEP, start)
+        return nest
+
+    def _operation(self, parens: int) -> tuple[ast.Node, int]:
         negated = False
         while self._peek().kind is Tok.NOT:
             self._next()
             negated = not negated
         token = self._next()
         node: ast.Node
+        nest = 0
         match token.kind:
             case Tok.HAS:
                 node = ast.Has(token.value)
@@ -170,17 +193,13 @@ class _Parser:
             case Tok.LABEL:
                 node = self._label_operation(token.value)
             case Tok.LPAREN:
-                if depth >= MAX_NESTING:
-                    raise SelectorError(
-                        self._text,
-                        f"expected at most {MAX_NESTING} levels of nested parentheses",
-                        token.pos,
-                    )
-                node = self._or_expr(depth + 1)
+                if parens >= MAX_NESTING:
+                    raise SelectorError(self._text, _TOO_DEEP, token.pos)
+                node, nest = self._or_expr(parens + 1)
                 self._expect_next(Tok.RPAREN, "'&&', '||' or ')'")
             case _:
                 raise self._fail(_OPERAND, token)
-        return ast.negate(node) if negated else node
+        return (ast.negate(node) if negated else node), nest
 
     def _label_operation(self, label: str) -> ast.Node:
         op = self._next()
