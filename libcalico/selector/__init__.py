@@ -31,7 +31,7 @@ Where this package departs from Calico, deliberately:
 
 - ``!(!x)`` parses to ``x`` (Calico keeps a double negation and renders ``!!x``), so every
   canonical string re-parses to an equal tree;
-- parentheses nest at most ``MAX_NESTING`` deep;
+- parentheses nest at most ``MAX_NESTING`` deep, in the text and in the canonical form;
 - CR and LF count as whitespace as well as space and tab;
 - labels longer than 512 characters are rejected (Calico's current tokenizer stopped checking);
 - a non-string argument to ``parse`` is a ``SelectorError``, not a crash.

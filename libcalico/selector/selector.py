@@ -45,7 +45,11 @@ def make_unique_id(prefix: str, content: str) -> str:
 
 
 class Selector:
-    """A parsed label selector: ``parse(text)``, or ``Selector(tree)`` for a code-built tree."""
+    """A parsed label selector: ``parse(text)``, or ``Selector(tree)`` for a code-built tree.
+
+    A code-built tree evaluates and renders at any depth, but its canonical string re-parses
+    only if its ``&&``/``||`` chains nest at most ``MAX_NESTING`` deep, as parsed trees do.
+    """
 
     __slots__ = ("_canonical", "_hash", "_match", "_root", "_unique_id")
 
