@@ -37,6 +37,7 @@ def generate(out: Path) -> None:
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
         *files,
     ]
     if protoc.main(args) != 0:
