@@ -1,0 +1,1109 @@
+"""Calico's block-affinity allocator over a compare-and-swap KV store.
+
+What it owns: the IPAM keys (blocks, affinities, handles, config) and an in-process cache of
+the ones it has seen, each with the etcd mod revision it was read or written at.
+
+How an allocation goes (``auto_assign``), per IP version, until enough addresses are taken::
+
+    affine step   blocks affine to the node, in a pool the request may use, with free
+                  ordinals (from the cache) ─┐
+    claim step    else, if AutoAllocateBlocks and the node owns fewer than MaxBlocksPerHost
+                  blocks of those pools: a new block from the pool walk seeded by the node
+                  name, or an empty block another node has not touched for a minute ─┤
+    borrow step   else, only when StrictAffinity is false: free ordinals in other nodes'
+                  blocks of those pools ─┤
+                                          v
+    commit        ONE etcd transaction: compare every touched block (mod revision, or
+                  "absent" for a new block), our affinity key and the handle key; put the
+                  blocks (sequence number bumped), the confirmed affinity and the handle.
+
+On a lost compare-and-swap nothing is written; the transaction's failure branch returns the
+current value of every compared key, which replaces the cache, and the step is planned again.
+So an allocation into a cached affine block is one round trip with no read before the write,
+and a stale cache costs one extra round trip. Conflicts are bounded (``retries``, Calico's
+datastoreRetries is 100) and then ``RetriesExhaustedError``.
+
+Differences from Calico's Go client, both because etcd has multi-key transactions:
+
+- Calico writes a block and then increments the handle in a second write; a crash between the
+  two leaves a leak ``ipam check`` reports. Here block and handle change in one transaction.
+- Calico claims a block in three writes (affinity ``pending`` → create block → affinity
+  ``confirmed``). Here the block and the ``confirmed`` affinity are created together, so the
+  ``pending`` state never needs to be written. Affinities other writers left ``pending`` are
+  understood: a pending affinity whose block is ours is confirmed by our next write to that
+  block; one whose block does not exist is claimed by creating the block.
+
+Concurrency: allocations for one node are serialised by an ``asyncio.Lock`` per node, so the
+service never races itself for a node's blocks; different nodes proceed concurrently and
+other processes (another service replica, Calico itself) are handled by compare-and-swap.
+Releases take no lock: they are rarer and compare-and-swap keeps them correct.
+
+An allocation is all-or-nothing: if the IPv6 half (or part of a multi-address request) cannot
+be satisfied, what was already taken is released before the error is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from libcalico.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    ResourceExhaustedError,
+    RetriesExhaustedError,
+    ValidationError,
+)
+from services.ipam import ipam_keys as keys
+from services.ipam.blocks import (
+    STATE_CONFIRMED,
+    Block,
+    Handle,
+    IPAMConfig,
+    affinity_json,
+    affinity_state,
+    parse_rfc3339,
+)
+from services.ipam.kvstore import KV, Delete, KVStore, Op, Put, ResourceStore
+from services.ipam.pools import (
+    USE_WORKLOAD,
+    Pool,
+    Reservations,
+    SelectorMatch,
+    block_walk,
+    default_match,
+    pool_for,
+    select_pools,
+    walk_order,
+)
+
+log = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DATASTORE_RETRIES = 100
+EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0  # seconds; Calico's EmptyBlockMinReclaimAge
+HANDLE_CACHE_SIZE = 50_000
+
+
+def parse_ip(text: str) -> Address:
+    try:
+        return ipaddress.ip_address(text.split("/", 1)[0].strip())
+    except ValueError as exc:
+        raise ValidationError(f"{text!r} is not an IP address") from exc
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AutoAssignArgs:
+    node: str
+    num4: int = 0
+    num6: int = 0
+    handle: str | None = None
+    attrs: dict[str, str] = field(default_factory=dict)
+    ipv4_pools: list[str] = field(default_factory=list)
+    ipv6_pools: list[str] = field(default_factory=list)
+    use: str = USE_WORKLOAD
+    max_blocks_per_host: int = 0
+
+
+@dataclass
+class AutoAssignResult:
+    ipv4: list[str] = field(default_factory=list)
+    ipv6: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """One address to release; handle / sequence number, when given, must still match."""
+
+    ip: str
+    handle: str | None = None
+    sequence_number: int | None = None
+
+
+@dataclass
+class Assignment:
+    ip: str
+    allocated: bool
+    block: str = ""
+    block_affinity: str = ""
+    handle: str | None = None
+    attrs: dict[str, str] = field(default_factory=dict)
+    sequence_number: int = 0
+
+
+# -- pools, reservations and node labels, cached with a short age ----------------------------
+
+
+class ResourceCache:
+    """IPPools, IPReservations and node labels, re-read when older than ``max_age`` seconds.
+
+    Pool edits therefore take effect within ``max_age``; an allocation that finds no usable
+    pool or runs out re-reads at once before it fails, so a pool created a moment ago is seen.
+    """
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        *,
+        max_age: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.max_age = max_age
+        self.clock = clock
+        self._pools: tuple[float, list[Pool]] | None = None
+        self._reservations: tuple[float, Reservations] | None = None
+        self._labels: dict[str, tuple[float, dict[str, str]]] = {}
+        self._lock = asyncio.Lock()
+
+    def _fresh(self, at: float) -> bool:
+        return self.clock() - at < self.max_age
+
+    def invalidate(self) -> None:
+        self._pools = None
+        self._reservations = None
+        self._labels.clear()
+
+    async def pools(self, *, fresh: bool = False) -> list[Pool]:
+        cached = self._pools
+        if cached is not None and not fresh and self._fresh(cached[0]):
+            return cached[1]
+        async with self._lock:
+            cached = self._pools
+            if cached is not None and not fresh and self._fresh(cached[0]):
+                return cached[1]
+            now = self.clock()
+            pools: list[Pool] = []
+            for res in await self.store.list("IPPool"):
+                try:
+                    pools.append(Pool.from_resource(res))
+                except ValidationError as exc:
+                    log.warning("ignoring IPPool: %s", exc)
+            self._pools = (now, pools)
+            return pools
+
+    async def reservations(self, *, fresh: bool = False) -> Reservations:
+        cached = self._reservations
+        if cached is not None and not fresh and self._fresh(cached[0]):
+            return cached[1]
+        now = self.clock()
+        res = Reservations.from_resources(await self.store.list("IPReservation"))
+        self._reservations = (now, res)
+        return res
+
+    async def node_labels(self, node: str, *, fresh: bool = False) -> dict[str, str]:
+        cached = self._labels.get(node)
+        if cached is not None and not fresh and self._fresh(cached[0]):
+            return cached[1]
+        now = self.clock()
+        res = await self.store.get("Node", node)
+        labels: dict[str, str] = {}
+        if res is None:
+            log.debug("Node(%s) does not exist; selecting pools with no labels", node)
+        else:
+            labels = dict((res.get("metadata", {}) or {}).get("labels") or {})
+        self._labels[node] = (now, labels)
+        return labels
+
+
+# -- a planned write ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """Blocks, affinities and handle deltas to write together in one transaction."""
+
+    # cidr -> (new block or None for delete, expected mod revision; 0 = must not exist)
+    blocks: dict[Network, tuple[Block | None, int]] = field(default_factory=dict)
+    # affinity key -> (value or None for delete, expected revision)
+    affinities: dict[str, tuple[bytes | None, int]] = field(default_factory=dict)
+    # handle id -> block cidr -> change in count
+    handles: dict[str, dict[str, int]] = field(default_factory=dict)
+    # handle id -> drop the block entry entirely (release by handle)
+    handle_drops: dict[str, set[str]] = field(default_factory=dict)
+    ips: list[str] = field(default_factory=list)
+
+    def add_ips(self, block: Block, ordinals: Sequence[int], handle: str | None) -> None:
+        self.ips.extend(block.ip_with_prefix(o) for o in ordinals)
+        if handle and ordinals:
+            d = self.handles.setdefault(handle, {})
+            key = str(block.cidr)
+            d[key] = d.get(key, 0) + len(ordinals)
+
+    def empty(self) -> bool:
+        return not (self.blocks or self.affinities or self.handles or self.handle_drops)
+
+
+class _Exhausted(Exception):
+    """Internal: no block can be claimed; the message says why."""
+
+
+class _BlockLimit(_Exhausted):
+    """Internal: the node is at MaxBlocksPerHost."""
+
+
+# -- the allocator -----------------------------------------------------------------------------
+
+
+class Allocator:
+    def __init__(
+        self,
+        kv: KVStore,
+        resources: ResourceCache,
+        *,
+        retries: int = DATASTORE_RETRIES,
+        match: SelectorMatch = default_match,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self.resources = resources
+        self.retries = retries
+        self.match = match
+        self.wall_clock = wall_clock
+        self._blocks: dict[Network, tuple[Block, int]] = {}
+        self._affinity: dict[tuple[str, int], dict[Network, tuple[str, int]]] = {}
+        self._handles: OrderedDict[str, tuple[Handle | None, int]] = OrderedDict()
+        self._node_locks: dict[str, asyncio.Lock] = {}
+        self.stats = {"txns": 0, "conflicts": 0, "reads": 0}
+
+    # -- cache plumbing ------------------------------------------------------------------------
+
+    def _lock(self, node: str) -> asyncio.Lock:
+        lock = self._node_locks.get(node)
+        if lock is None:
+            lock = self._node_locks[node] = asyncio.Lock()
+        return lock
+
+    def _cache_block(self, cidr: Network, block: Block | None, rev: int) -> None:
+        if block is None:
+            self._blocks.pop(cidr, None)
+            return
+        cur = self._blocks.get(cidr)
+        if cur is None or cur[1] <= rev:
+            self._blocks[cidr] = (block, rev)
+
+    def _cache_handle(self, handle: str, value: Handle | None, rev: int) -> None:
+        self._handles[handle] = (value, rev)
+        self._handles.move_to_end(handle)
+        while len(self._handles) > HANDLE_CACHE_SIZE:
+            self._handles.popitem(last=False)
+
+    def _cache_affinity(self, host: str, cidr: Network, state: str | None, rev: int) -> None:
+        m = self._affinity.get((host, cidr.version))
+        if m is None:
+            return  # we only track nodes whose affinity list we have read
+        if state is None:
+            m.pop(cidr, None)
+        else:
+            m[cidr] = (state, rev)
+
+    def _absorb(self, kvs: Iterable[KV], compared: Iterable[str]) -> None:
+        """Replace cached entries by the store's current values (absent = deleted)."""
+        seen = {kv.key: kv for kv in kvs}
+        for key in compared:
+            kv = seen.get(key)
+            self._absorb_one(key, kv)
+
+    def _absorb_one(self, key: str, kv: KV | None) -> None:
+        cidr = keys.parse_block_key(key)
+        if cidr is not None:
+            if kv is None:
+                self._cache_block(cidr, None, 0)
+            else:
+                self._blocks[cidr] = (Block.from_json(kv.value), kv.mod_revision)
+            return
+        aff = keys.parse_affinity_key(key)
+        if aff is not None:
+            host, acidr = aff
+            if kv is None:
+                self._cache_affinity(host, acidr, None, 0)
+            else:
+                self._cache_affinity(host, acidr, affinity_state(kv.value), kv.mod_revision)
+            return
+        handle = keys.parse_handle_key(key)
+        if handle is not None:
+            if kv is None:
+                self._cache_handle(handle, None, 0)
+            else:
+                self._cache_handle(handle, Handle.from_json(kv.value), kv.mod_revision)
+
+    async def _read(self, key: str) -> KV | None:
+        self.stats["reads"] += 1
+        kv = await self.kv.get(key)
+        self._absorb_one(key, kv)
+        return kv
+
+    async def _block(self, cidr: Network, *, fresh: bool = False) -> tuple[Block, int] | None:
+        if not fresh:
+            cached = self._blocks.get(cidr)
+            if cached is not None:
+                return cached
+        await self._read(keys.block_key(cidr))
+        return self._blocks.get(cidr)
+
+    async def _handle(self, handle: str, *, fresh: bool = False) -> tuple[Handle | None, int]:
+        """A handle and its revision. A cached "absent" is never trusted: that is read again."""
+        if not fresh:
+            cached = self._handles.get(handle)
+            if cached is not None and cached[0] is not None:
+                return cached
+        await self._read(keys.handle_key(handle))
+        return self._handles.get(handle, (None, 0))
+
+    async def get_handle(self, handle_id: str) -> Handle | None:
+        """The handle as stored now (a cached present handle is trusted)."""
+        return (await self._handle(handle_id))[0]
+
+    async def _affine(
+        self, node: str, version: int, *, fresh: bool = False
+    ) -> dict[Network, tuple[str, int]]:
+        m = self._affinity.get((node, version))
+        if m is not None and not fresh:
+            return m
+        self.stats["reads"] += 1
+        kvs, _ = await self.kv.list(keys.host_affinity_prefix(node, version))
+        m = {}
+        for kv in kvs:
+            parsed = keys.parse_affinity_key(kv.key)
+            if parsed is not None and parsed[0] == node:
+                m[parsed[1]] = (affinity_state(kv.value), kv.mod_revision)
+        self._affinity[(node, version)] = m
+        return m
+
+    async def _list_blocks(self, version: int | None = None) -> dict[Network, tuple[Block, int]]:
+        """Every block (of one version) in the store, refreshing the cache with them."""
+        self.stats["reads"] += 1
+        kvs, _ = await self.kv.list(keys.block_prefix(version))
+        listed: dict[Network, tuple[Block, int]] = {}
+        for kv in kvs:
+            cidr = keys.parse_block_key(kv.key)
+            if cidr is None:
+                continue
+            try:
+                listed[cidr] = (Block.from_json(kv.value), kv.mod_revision)
+            except ValidationError as exc:
+                log.warning("ignoring unreadable block %s: %s", kv.key, exc)
+        for cidr in [c for c in self._blocks if version is None or c.version == version]:
+            if cidr not in listed:
+                del self._blocks[cidr]
+        self._blocks.update(listed)
+        return listed
+
+    async def get_config(self) -> tuple[IPAMConfig, int]:
+        kv = await self._read(keys.IPAM_CONFIG_KEY)
+        if kv is None:
+            return IPAMConfig(), 0
+        return IPAMConfig.from_json(kv.value), kv.mod_revision
+
+    async def set_config(
+        self,
+        *,
+        strict_affinity: bool | None = None,
+        auto_allocate_blocks: bool | None = None,
+        max_blocks_per_host: int | None = None,
+    ) -> IPAMConfig:
+        if max_blocks_per_host is not None and max_blocks_per_host < 0:
+            raise ValidationError(
+                f"{max_blocks_per_host} is negative",
+                resource="IPAMConfig",
+                field="maxBlocksPerHost",
+            )
+        for _ in range(self.retries):
+            cfg, rev = await self.get_config()
+            if strict_affinity is not None:
+                cfg.strict_affinity = strict_affinity
+            if auto_allocate_blocks is not None:
+                cfg.auto_allocate_blocks = auto_allocate_blocks
+            if max_blocks_per_host is not None:
+                cfg.max_blocks_per_host = max_blocks_per_host
+            res = await self.kv.txn(
+                [(keys.IPAM_CONFIG_KEY, rev)], [Put(keys.IPAM_CONFIG_KEY, cfg.to_json())]
+            )
+            if res.succeeded:
+                return cfg
+        raise RetriesExhaustedError("gave up updating the IPAM config: it kept changing under us")
+
+    # -- commit --------------------------------------------------------------------------------
+
+    async def _commit(self, plan: _Plan) -> bool:
+        compares: list[tuple[str, int]] = []
+        ops: list[Op] = []
+        new_blocks: dict[Network, Block | None] = {}
+        for cidr, (block, rev) in plan.blocks.items():
+            key = keys.block_key(cidr)
+            compares.append((key, rev))
+            if block is None:
+                ops.append(Delete(key))
+            else:
+                block.bump()
+                ops.append(Put(key, block.to_json()))
+            new_blocks[cidr] = block
+        for key, (value, rev) in plan.affinities.items():
+            compares.append((key, rev))
+            ops.append(Delete(key) if value is None else Put(key, value))
+        new_handles: dict[str, Handle | None] = {}
+        for handle_id in sorted(set(plan.handles) | set(plan.handle_drops)):
+            current, rev = self._handles.get(handle_id, (None, 0))
+            h = current.copy() if current is not None else Handle()
+            for cidr_s in plan.handle_drops.get(handle_id, ()):
+                h.blocks.pop(cidr_s, None)
+            for cidr_s, delta in plan.handles.get(handle_id, {}).items():
+                if delta >= 0:
+                    h.add(cidr_s, delta)
+                else:
+                    h.remove(cidr_s, -delta)
+            key = keys.handle_key(handle_id)
+            compares.append((key, rev))
+            if h.empty():
+                if rev:
+                    ops.append(Delete(key))
+                new_handles[handle_id] = None
+            else:
+                ops.append(Put(key, h.to_json()))
+                new_handles[handle_id] = h
+        self.stats["txns"] += 1
+        result = await self.kv.txn(compares, ops)
+        if not result.succeeded:
+            self.stats["conflicts"] += 1
+            self._absorb(result.current, [k for k, _ in compares])
+            return False
+        rev = result.revision
+        for cidr, block in new_blocks.items():
+            self._cache_block(cidr, block, rev)
+        for key, (value, _) in plan.affinities.items():
+            parsed = keys.parse_affinity_key(key)
+            if parsed is not None:
+                state = None if value is None else affinity_state(value)
+                self._cache_affinity(parsed[0], parsed[1], state, rev)
+        for handle_id, new_h in new_handles.items():
+            self._cache_handle(handle_id, new_h, rev if new_h is not None else 0)
+        return True
+
+    def _conflict(self, conflicts: int, what: str) -> int:
+        conflicts += 1
+        if conflicts >= self.retries:
+            raise RetriesExhaustedError(
+                f"gave up {what} after {conflicts} compare-and-swap conflicts: the IPAM "
+                "blocks are under heavy contention; retry the request"
+            )
+        return conflicts
+
+    # -- auto-assign ---------------------------------------------------------------------------
+
+    async def auto_assign(self, args: AutoAssignArgs) -> AutoAssignResult:
+        if not args.node:
+            raise ValidationError("node is required for automatic IP assignment")
+        if args.num4 < 0 or args.num6 < 0:
+            raise ValidationError("the number of addresses requested cannot be negative")
+        if args.num4 == 0 and args.num6 == 0:
+            return AutoAssignResult()
+        result = AutoAssignResult()
+        async with self._lock(args.node):
+            try:
+                if args.num4:
+                    result.ipv4 = await self._assign_family(4, args.num4, args, args.ipv4_pools)
+                if args.num6:
+                    result.ipv6 = await self._assign_family(6, args.num6, args, args.ipv6_pools)
+            except BaseException:
+                taken = result.ipv4 + result.ipv6
+                if taken:
+                    log.info("rolling back %d addresses of a failed assignment", len(taken))
+                    await self._rollback(taken, args.handle)
+                raise
+        return result
+
+    async def _rollback(self, ips: Sequence[str], handle: str | None) -> None:
+        try:
+            await self.release_ips([ReleaseOptions(ip, handle) for ip in ips])
+        except Exception:  # the original error matters more; check/GC will find these
+            log.exception("could not roll back %s", ", ".join(ips))
+
+    async def _pools_for(
+        self, version: int, requested: Sequence[str], node: str, use: str, *, fresh: bool
+    ) -> list[Pool]:
+        pools = await self.resources.pools(fresh=fresh)
+        labels: Mapping[str, str] = {}
+        needs_labels = not requested and any(
+            (p.node_selector or "all()").strip() not in ("", "all()")
+            for p in pools
+            if p.version == version
+        )
+        if needs_labels:
+            labels = await self.resources.node_labels(node, fresh=fresh)
+        return select_pools(pools, version, requested, node, labels, use, self.match)
+
+    async def _assign_family(
+        self, version: int, num: int, args: AutoAssignArgs, requested: Sequence[str]
+    ) -> list[str]:
+        try:
+            pools = await self._pools_for(version, requested, args.node, args.use, fresh=False)
+        except (ValidationError, ResourceExhaustedError):
+            pools = await self._pools_for(version, requested, args.node, args.use, fresh=True)
+        got: list[str] = []
+        try:
+            try:
+                await self._assign_loop(version, num, args, pools, got)
+            except ResourceExhaustedError:
+                # Before failing, look again with fresh pools: one may just have been added.
+                fresh = await self._pools_for(version, requested, args.node, args.use, fresh=True)
+                if fresh == pools:
+                    raise
+                await self._assign_loop(version, num, args, fresh, got)
+        except BaseException:
+            if got:
+                await self._rollback(got, args.handle)
+            raise
+        return got
+
+    async def _assign_loop(
+        self, version: int, num: int, args: AutoAssignArgs, pools: list[Pool], got: list[str]
+    ) -> None:
+        reservations = await self.resources.reservations()
+        conflicts = 0
+        what = f"assigning IPv{version} addresses to node {args.node}"
+        while len(got) < num:
+            rem = num - len(got)
+            plan = await self._plan_affine(version, args, pools, reservations, rem)
+            if plan is None:
+                cfg, _ = await self.get_config()
+                try:
+                    plan = await self._plan_claim(version, args, pools, reservations, rem, cfg)
+                except _BlockLimit as exc:
+                    # Calico does not borrow once the node is at its block limit.
+                    raise self._exhausted(
+                        version, num, len(got), args.node, pools, str(exc)
+                    ) from None
+                except _Exhausted as exc:
+                    if cfg.strict_affinity:
+                        reason = f"{exc}; StrictAffinity is true, so no address is borrowed"
+                        raise self._exhausted(
+                            version, num, len(got), args.node, pools, reason
+                        ) from None
+                    plan = await self._plan_borrow(version, args, pools, reservations, rem)
+                    if plan is None:
+                        raise self._exhausted(
+                            version, num, len(got), args.node, pools,
+                            f"{exc}, and no other node's block has a free address",
+                        ) from None
+                if plan is None:
+                    # A fresh read showed affine space after all: plan that instead.
+                    conflicts = self._conflict(conflicts, what)
+                    continue
+            if await self._commit(plan):
+                got.extend(plan.ips)
+            else:
+                conflicts = self._conflict(conflicts, what)
+
+    def _exhausted(
+        self, version: int, num: int, have: int, node: str, pools: list[Pool], reason: str
+    ) -> ResourceExhaustedError:
+        names = ", ".join(p.label for p in pools)
+        got = f" (got {have})" if have else ""
+        return ResourceExhaustedError(
+            f"could not assign {num} IPv{version} address{'es' if num != 1 else ''} to node "
+            f"{node}{got} from pools {names}: {reason}",
+            resource=f"Node({node})",
+            reason="pools exhausted",
+        )
+
+    def _in_pools(self, cidr: Network, pools: Sequence[Pool]) -> bool:
+        return any(p.contains_block(cidr) for p in pools)
+
+    async def _plan_affine(
+        self,
+        version: int,
+        args: AutoAssignArgs,
+        pools: Sequence[Pool],
+        reservations: Reservations,
+        rem: int,
+    ) -> _Plan | None:
+        node = args.node
+        affine = await self._affine(node, version)
+        plan = _Plan()
+        for cidr in sorted(affine, key=lambda c: int(c.network_address)):
+            if rem <= 0:
+                break
+            if not self._in_pools(cidr, pools) or reservations.covers(cidr):
+                continue
+            cached = await self._block(cidr)
+            if cached is None:
+                continue  # an affinity without its block: the claim step creates it
+            block, rev = cached
+            if block.host != node:
+                continue  # a stale affinity; the block belongs to someone else now
+            pred = reservations.predicate(cidr) if reservations else None
+            if block.num_free(pred) == 0:
+                continue
+            new = block.copy()
+            ords = new.auto_assign(rem, args.handle, args.attrs, pred)
+            if not ords:
+                continue
+            plan.blocks[cidr] = (new, rev)
+            plan.add_ips(new, ords, args.handle)
+            state, arev = affine[cidr]
+            if state != STATE_CONFIRMED:
+                plan.affinities[keys.affinity_key(node, cidr)] = (
+                    affinity_json(STATE_CONFIRMED),
+                    arev,
+                )
+            rem -= len(ords)
+        return plan if plan.ips else None
+
+    async def _plan_claim(
+        self,
+        version: int,
+        args: AutoAssignArgs,
+        pools: Sequence[Pool],
+        reservations: Reservations,
+        rem: int,
+        cfg: IPAMConfig,
+    ) -> _Plan | None:
+        """A plan that claims one block for the node and allocates from it.
+
+        Returns None (with nothing to report) when a refresh shows affine space after all, so
+        the caller plans the affine step again; raises _Exhausted when no block can be claimed.
+        """
+        node = args.node
+        before = dict(await self._affine(node, version))
+        affine = await self._affine(node, version, fresh=True)
+        if affine != before:
+            return None  # another process claimed for this node; use that first
+        if not cfg.auto_allocate_blocks:
+            raise _Exhausted("every affine block is full and AutoAllocateBlocks is false")
+        owned = [c for c in affine if self._in_pools(c, pools)]
+        limit = cfg.effective_max_blocks(args.max_blocks_per_host)
+        existing = await self._list_blocks(version)
+        # Our own affine blocks may have changed too (borrowers, releases): re-plan if so.
+        for cidr in owned:
+            listed = existing.get(cidr)
+            if listed is not None and listed[0].host == node:
+                pred = reservations.predicate(cidr) if reservations else None
+                if listed[0].num_free(pred) > 0 and not reservations.covers(cidr):
+                    return None
+        # An affinity of ours whose block does not exist (a claim someone left half done).
+        for cidr in sorted(owned, key=lambda c: int(c.network_address)):
+            if cidr not in existing and not reservations.covers(cidr):
+                return self._new_block_plan(cidr, args, reservations, rem, affine, {})
+        if len(owned) >= limit:
+            raise _BlockLimit(
+                f"node {node} already has {len(owned)} IPv{version} blocks in these pools and "
+                f"the per-host block limit (MaxBlocksPerHost) is {limit}; raise it with "
+                "'calicoctl ipam configure --max-blocks-per-host=N' or free addresses"
+            )
+        for pool in pools:
+            for cidr in block_walk(pool, node):
+                if cidr in existing or reservations.covers(cidr):
+                    continue
+                return self._new_block_plan(cidr, args, reservations, rem, affine, {})
+        # No unclaimed block left: take over an empty one nobody has used for a while.
+        now = self.wall_clock()
+        for pool in pools:
+            for cidr in walk_order(pool, node, existing):
+                block, rev = existing[cidr]
+                if not block.empty() or block.host == node or reservations.covers(cidr):
+                    continue
+                claimed_at = parse_rfc3339(block.affinity_claim_time or "") or 0.0
+                if block.affinity and now - claimed_at < EMPTY_BLOCK_MIN_RECLAIM_AGE:
+                    continue
+                takeover: dict[str, tuple[bytes | None, int]] = {}
+                if block.host:
+                    other = keys.affinity_key(block.host, cidr)
+                    kv = await self._read(other)
+                    if kv is not None:
+                        takeover[other] = (None, kv.mod_revision)
+                plan = self._new_block_plan(cidr, args, reservations, rem, affine, takeover)
+                plan.blocks[cidr] = (plan.blocks[cidr][0], rev)
+                log.info("reclaiming empty block %s from %r for %s", cidr, block.host, node)
+                return plan
+        raise _Exhausted("every block of these pools is claimed and in use")
+
+    def _new_block_plan(
+        self,
+        cidr: Network,
+        args: AutoAssignArgs,
+        reservations: Reservations,
+        rem: int,
+        affine: Mapping[Network, tuple[str, int]],
+        extra_affinities: dict[str, tuple[bytes | None, int]],
+    ) -> _Plan:
+        block = Block.new(cidr, args.node)
+        pred = reservations.predicate(cidr) if reservations else None
+        ords = block.auto_assign(rem, args.handle, args.attrs, pred)
+        plan = _Plan()
+        plan.blocks[cidr] = (block, 0)
+        plan.affinities.update(extra_affinities)
+        plan.affinities[keys.affinity_key(args.node, cidr)] = (
+            affinity_json(STATE_CONFIRMED),
+            affine.get(cidr, ("", 0))[1],
+        )
+        plan.add_ips(block, ords, args.handle)
+        log.info("claiming block %s for node %s", cidr, args.node)
+        return plan
+
+    async def _plan_borrow(
+        self,
+        version: int,
+        args: AutoAssignArgs,
+        pools: Sequence[Pool],
+        reservations: Reservations,
+        rem: int,
+    ) -> _Plan | None:
+        existing = await self._list_blocks(version)
+        plan = _Plan()
+        for pool in pools:
+            for cidr in walk_order(pool, args.node, existing):
+                if rem <= 0:
+                    break
+                block, rev = existing[cidr]
+                if block.host == args.node or reservations.covers(cidr):
+                    continue
+                pred = reservations.predicate(cidr) if reservations else None
+                if block.num_free(pred) == 0:
+                    continue
+                new = block.copy()
+                ords = new.auto_assign(rem, args.handle, args.attrs, pred)
+                if ords:
+                    plan.blocks[cidr] = (new, rev)
+                    plan.add_ips(new, ords, args.handle)
+                    rem -= len(ords)
+        if plan.ips:
+            log.info("node %s borrows %d addresses from others' blocks", args.node, len(plan.ips))
+            return plan
+        return None
+
+    # -- assign one address --------------------------------------------------------------------
+
+    async def assign_ip(
+        self, ip_text: str, handle: str | None, attrs: Mapping[str, str], node: str
+    ) -> str:
+        ip = parse_ip(ip_text)
+        pools = await self.resources.pools()
+        pool = pool_for((p for p in pools if not p.disabled), ip)
+        if pool is None:
+            pools = await self.resources.pools(fresh=True)
+            pool = pool_for((p for p in pools if not p.disabled), ip)
+        if pool is None:
+            raise ValidationError(f"{ip} is in no enabled IP pool; create a pool that contains it")
+        cidr = pool.block_for(ip)
+        conflicts = 0
+        async with self._lock(node) if node else _nolock():
+            while True:
+                cfg, _ = await self.get_config()
+                cached = await self._block(cidr)
+                plan = _Plan()
+                if cached is None:
+                    if not node:
+                        raise ValidationError(f"block {cidr} does not exist and no node was given")
+                    affine = await self._affine(node, cidr.version)
+                    block = Block.new(cidr, node)
+                    plan.blocks[cidr] = (block, 0)
+                    plan.affinities[keys.affinity_key(node, cidr)] = (
+                        affinity_json(STATE_CONFIRMED),
+                        affine.get(cidr, ("", 0))[1],
+                    )
+                else:
+                    block = cached[0].copy()
+                    plan.blocks[cidr] = (block, cached[1])
+                    if cfg.strict_affinity and block.host != node:
+                        raise ValidationError(
+                            f"{ip} is in block {cidr} affine to {block.affinity or 'no node'} and "
+                            f"StrictAffinity is true, so node {node} cannot use it"
+                        )
+                ordinal = block.ip_to_ordinal(ip)
+                block.assign(ordinal, handle, attrs)
+                plan.add_ips(block, [ordinal], handle)
+                if await self._commit(plan):
+                    return str(ip)
+                conflicts = self._conflict(conflicts, f"assigning {ip}")
+
+    # -- release -------------------------------------------------------------------------------
+
+    async def _block_cidr_for(self, ip: Address, pools: Sequence[Pool]) -> Network | None:
+        pool = pool_for(pools, ip)
+        if pool is not None:
+            return pool.block_for(ip)
+        for cidr in self._blocks:
+            if cidr.version == ip.version and ip in cidr:
+                return cidr
+        for cidr in await self._list_blocks(ip.version):
+            if ip in cidr:
+                return cidr
+        return None
+
+    async def release_ips(self, requests: Sequence[ReleaseOptions]) -> list[str]:
+        """Release addresses; returns those that were not allocated."""
+        pools = await self.resources.pools()
+        by_block: dict[Network, list[tuple[Address, ReleaseOptions]]] = {}
+        not_allocated: list[str] = []
+        for req in requests:
+            ip = parse_ip(req.ip)
+            cidr = await self._block_cidr_for(ip, pools)
+            if cidr is None:
+                not_allocated.append(str(ip))
+            else:
+                by_block.setdefault(cidr, []).append((ip, req))
+        for cidr, items in by_block.items():
+            not_allocated.extend(await self._release_in_block(cidr, items))
+        return not_allocated
+
+    async def _release_in_block(
+        self, cidr: Network, items: list[tuple[Address, ReleaseOptions]]
+    ) -> list[str]:
+        conflicts = 0
+        while True:
+            cached = await self._block(cidr, fresh=conflicts > 0)
+            if cached is None:
+                return [str(ip) for ip, _ in items]
+            block, rev = cached
+            new = block.copy()
+            reqs = [
+                (new.ip_to_ordinal(ip), req.handle or None, req.sequence_number)
+                for ip, req in items
+            ]
+            missing, by_handle = new.release(reqs)
+            not_allocated = [str(new.ordinal_to_ip(o)) for o in missing]
+            if not by_handle and len(missing) == len(reqs):
+                return not_allocated
+            plan = _Plan()
+            delete = new.empty() and new.affinity is None
+            plan.blocks[cidr] = (None if delete else new, rev)
+            for handle_id, n in by_handle.items():
+                h, _ = await self._handle(handle_id)
+                if h is not None and str(cidr) in h.blocks:
+                    plan.handles.setdefault(handle_id, {})[str(cidr)] = -n
+            if await self._commit(plan):
+                return not_allocated
+            conflicts = self._conflict(conflicts, f"releasing addresses in {cidr}")
+
+    async def release_by_handle(self, handle_id: str) -> list[str]:
+        """Release every address of a handle; an unknown handle releases nothing."""
+        conflicts = 0
+        while True:
+            h, _ = await self._handle(handle_id, fresh=conflicts > 0)
+            if h is None:
+                return []
+            plan = _Plan()
+            released: list[str] = []
+            for cidr_s in sorted(h.blocks):
+                cidr = ipaddress.ip_network(cidr_s, strict=False)
+                cached = await self._block(cidr, fresh=conflicts > 0)
+                plan.handle_drops.setdefault(handle_id, set()).add(cidr_s)
+                if cached is None:
+                    continue
+                block, rev = cached
+                new = block.copy()
+                ords = new.release_by_handle(handle_id)
+                if not ords:
+                    continue
+                released.extend(str(new.ordinal_to_ip(o)) for o in ords)
+                delete = new.empty() and new.affinity is None
+                plan.blocks[cidr] = (None if delete else new, rev)
+            if not h.blocks:
+                plan.handle_drops.setdefault(handle_id, set())
+            if await self._commit(plan):
+                return released
+            conflicts = self._conflict(conflicts, f"releasing handle {handle_id}")
+
+    # -- affinities ----------------------------------------------------------------------------
+
+    async def claim_affinity(self, cidr_text: str, node: str) -> tuple[list[str], list[str]]:
+        """Claim every block inside ``cidr`` for ``node``; returns (claimed, failed)."""
+        if not node:
+            raise ValidationError("node is required to claim block affinity")
+        try:
+            net = ipaddress.ip_network(cidr_text, strict=False)
+        except ValueError as exc:
+            raise ValidationError(f"{cidr_text!r} is not a CIDR") from exc
+        pools = await self.resources.pools(fresh=True)
+        pool = next((p for p in pools if p.contains_block(net)), None)
+        if pool is None:
+            raise ValidationError(f"{net} is not inside any IP pool")
+        if net.prefixlen > pool.block_size:
+            raise ValidationError(f"{net} is smaller than the pool's block size /{pool.block_size}")
+        claimed: list[str] = []
+        failed: list[str] = []
+        async with self._lock(node):
+            affine = await self._affine(node, net.version, fresh=True)
+            for cidr in net.subnets(new_prefix=pool.block_size):
+                conflicts = 0
+                while True:
+                    cached = await self._block(cidr, fresh=True)
+                    plan = _Plan()
+                    akey = keys.affinity_key(node, cidr)
+                    arev = affine.get(cidr, ("", 0))[1]
+                    if cached is None:
+                        plan.blocks[cidr] = (Block.new(cidr, node), 0)
+                    elif cached[0].host != node:
+                        failed.append(str(cidr))
+                        break
+                    elif affine.get(cidr, ("", 0))[0] == STATE_CONFIRMED:
+                        claimed.append(str(cidr))
+                        break
+                    plan.affinities[akey] = (affinity_json(STATE_CONFIRMED), arev)
+                    if await self._commit(plan):
+                        claimed.append(str(cidr))
+                        break
+                    conflicts = self._conflict(conflicts, f"claiming {cidr} for {node}")
+        return claimed, failed
+
+    async def release_affinity(self, node: str, cidr_text: str = "") -> list[str]:
+        """Release the node's affinity for ``cidr``'s blocks, or for all its empty blocks.
+
+        An empty block is deleted with its affinity; a block still in use named explicitly
+        keeps its addresses and loses its affinity (so it is only borrowed from afterwards).
+        """
+        if not node:
+            raise ValidationError("node is required to release block affinity")
+        released: list[str] = []
+        async with self._lock(node):
+            targets: list[Network] = []
+            if cidr_text:
+                try:
+                    net = ipaddress.ip_network(cidr_text, strict=False)
+                except ValueError as exc:
+                    raise ValidationError(f"{cidr_text!r} is not a CIDR") from exc
+                affine = await self._affine(node, net.version, fresh=True)
+                targets = [c for c in affine if c.subnet_of(net)]  # type: ignore[arg-type]
+                if not targets:
+                    raise NotFoundError(f"node {node} has no affinity for a block in {net}")
+            else:
+                for version in (4, 6):
+                    targets.extend(await self._affine(node, version, fresh=True))
+            for cidr in targets:
+                conflicts = 0
+                while True:
+                    affine = await self._affine(node, cidr.version)
+                    if cidr not in affine:
+                        break
+                    akey = keys.affinity_key(node, cidr)
+                    plan = _Plan()
+                    plan.affinities[akey] = (None, affine[cidr][1])
+                    cached = await self._block(cidr, fresh=conflicts > 0)
+                    if cached is not None and cached[0].host == node:
+                        block, rev = cached
+                        if block.empty():
+                            plan.blocks[cidr] = (None, rev)
+                        elif cidr_text:
+                            new = block.copy()
+                            new.affinity = None
+                            new.affinity_claim_time = None
+                            plan.blocks[cidr] = (new, rev)
+                        else:
+                            break  # node-wide release keeps blocks that are in use
+                    if await self._commit(plan):
+                        released.append(str(cidr))
+                        break
+                    conflicts = self._conflict(conflicts, f"releasing affinity {cidr} of {node}")
+        return released
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def get_assignment(self, ip_text: str) -> Assignment:
+        ip = parse_ip(ip_text)
+        pools = await self.resources.pools()
+        cidr = await self._block_cidr_for(ip, pools)
+        if cidr is None:
+            return Assignment(str(ip), False)
+        cached = await self._block(cidr, fresh=True)
+        if cached is None:
+            return Assignment(str(ip), False)
+        block = cached[0]
+        ordinal = block.ip_to_ordinal(ip)
+        attr = block.attribute_of(ordinal)
+        out = Assignment(str(ip), attr is not None, str(cidr), block.affinity or "")
+        if attr is not None:
+            out.handle = block.handle_of(ordinal)
+            out.attrs = {str(k): str(v) for k, v in (attr.get("secondary") or {}).items()}
+            out.sequence_number = block.seq_of(ordinal)
+        return out
+
+    async def utilization(self, pool_filter: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Per pool: capacity, in use, reserved and per-block figures (``ipam show``)."""
+        pools = await self.resources.pools(fresh=True)
+        reservations = await self.resources.reservations(fresh=True)
+        blocks = await self._list_blocks()
+        names = set(pool_filter)
+        nets = {ipaddress.ip_network(f, strict=False) for f in pool_filter if _is_cidr(f)}
+        wanted = [p for p in pools if not pool_filter or p.name in names or p.cidr in nets]
+        out = []
+        for p in sorted(wanted, key=lambda p: (p.version, int(p.cidr.network_address))):
+            rows = []
+            in_use = 0
+            for cidr in sorted(
+                (c for c in blocks if p.contains_block(c)), key=lambda c: int(c.network_address)
+            ):
+                b = blocks[cidr][0]
+                used = b.in_use()
+                in_use += used
+                rows.append(
+                    {
+                        "cidr": str(cidr),
+                        "affinity": b.affinity or "",
+                        "capacity": b.size,
+                        "in_use": used,
+                        "reserved": reservations.count_in(cidr),
+                    }
+                )
+            out.append(
+                {
+                    "name": p.name,
+                    "cidr": str(p.cidr),
+                    "capacity": p.cidr.num_addresses,
+                    "in_use": in_use,
+                    "reserved": reservations.count_in(p.cidr),
+                    "blocks": rows,
+                }
+            )
+        return out
+
+    async def snapshot(self) -> tuple[list[tuple[Block, int]], dict[str, tuple[Handle, int]]]:
+        """Every block and handle in the store (for ``ipam check``)."""
+        blocks = await self._list_blocks()
+        kvs, _ = await self.kv.list(keys.HANDLE_PREFIX)
+        handles: dict[str, tuple[Handle, int]] = {}
+        for kv in kvs:
+            hid = keys.parse_handle_key(kv.key)
+            if hid is not None:
+                try:
+                    handles[hid] = (Handle.from_json(kv.value), kv.mod_revision)
+                except ValueError:
+                    log.warning("ignoring unreadable handle %s", kv.key)
+        return list(blocks.values()), handles
+
+
+def _is_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+class _nolock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+__all__ = [
+    "Allocator",
+    "AlreadyExistsError",
+    "Assignment",
+    "AutoAssignArgs",
+    "AutoAssignResult",
+    "ReleaseOptions",
+    "ResourceCache",
+]
