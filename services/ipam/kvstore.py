@@ -303,11 +303,11 @@ class DatastoreKVStore:
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:
         result = await self.client.kv_txn(list(compares), list(ops))
-        return TxnResult(
-            bool(result.succeeded),
-            int(result.revision),
-            [_as_kv(kv) for kv in getattr(result, "current", [])],
-        )
+        current = getattr(result, "current", None) or []
+        if isinstance(current, dict):
+            current = list(current.values())
+        kvs = [_as_kv(kv) for kv in current]
+        return TxnResult(bool(result.succeeded), int(result.revision), kvs)
 
     async def close(self) -> None:
         close = getattr(self.client, "close", None)

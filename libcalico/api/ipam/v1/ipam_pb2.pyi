@@ -223,20 +223,55 @@ class ReleaseIPsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IPS_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseOption]:
+        """Releases that must still match: an address whose handle or sequence number differs (it
+        was released and handed out again since the caller looked) is not released.
+        """
+
     def __init__(
         self,
         *,
         ips: _abc.Iterable[_builtins.str] | None = ...,
+        options: _abc.Iterable[Global___ReleaseOption] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ips", b"ips"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ips", b"ips", "options", b"options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseIPsRequest: _TypeAlias = ReleaseIPsRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseOption(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IP_FIELD_NUMBER: _builtins.int
+    HANDLE_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    ip: _builtins.str
+    handle_id: _builtins.str
+    sequence_number: _builtins.int
+    def __init__(
+        self,
+        *,
+        ip: _builtins.str = ...,
+        handle_id: _builtins.str = ...,
+        sequence_number: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sequence_number", b"_sequence_number", "sequence_number", b"sequence_number"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sequence_number", b"_sequence_number", "handle_id", b"handle_id", "ip", b"ip", "sequence_number", b"sequence_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__sequence_number: _TypeAlias = _typing.Literal["sequence_number"]  # noqa: Y015
+    _WhichOneofArgType__sequence_number: _TypeAlias = _typing.Literal["_sequence_number", b"_sequence_number"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sequence_number) -> _WhichOneofReturnType__sequence_number | None: ...
+
+Global___ReleaseOption: _TypeAlias = ReleaseOption  # noqa: Y015
 
 @_typing.final
 class ReleaseIPsResponse(_message.Message):
@@ -543,10 +578,12 @@ class GetAssignmentAttributesResponse(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     BLOCK_FIELD_NUMBER: _builtins.int
     BLOCK_AFFINITY_FIELD_NUMBER: _builtins.int
+    SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
     allocated: _builtins.bool
     handle_id: _builtins.str
     block: _builtins.str
     block_affinity: _builtins.str
+    sequence_number: _builtins.int
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -557,10 +594,11 @@ class GetAssignmentAttributesResponse(_message.Message):
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         block: _builtins.str = ...,
         block_affinity: _builtins.str = ...,
+        sequence_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "attributes", b"attributes", "block", b"block", "block_affinity", b"block_affinity", "handle_id", b"handle_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "attributes", b"attributes", "block", b"block", "block_affinity", b"block_affinity", "handle_id", b"handle_id", "sequence_number", b"sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -688,3 +726,94 @@ class ReleaseTunnelAddressResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseTunnelAddressResponse: _TypeAlias = ReleaseTunnelAddressResponse  # noqa: Y015
+
+@_typing.final
+class CheckIPAMRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckIPAMRequest: _TypeAlias = CheckIPAMRequest  # noqa: Y015
+
+@_typing.final
+class CheckIPAMResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.bytes
+    """Calico's report JSON (what `calicoctl ipam check -o FILE` writes), plus a "summary"."""
+    problems: _builtins.int
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.bytes = ...,
+        problems: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["problems", b"problems", "report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckIPAMResponse: _TypeAlias = CheckIPAMResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseFromReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.bytes
+    force: _builtins.bool
+    """Release even though the datastore was not locked when the report was made."""
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.bytes = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "report_json", b"report_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseFromReportRequest: _TypeAlias = ReleaseFromReportRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseFromReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    HANDLES_DELETED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def released(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Changed since the report (re-allocated or already released); left alone."""
+
+    @_builtins.property
+    def handles_deleted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        released: _abc.Iterable[_builtins.str] | None = ...,
+        skipped: _abc.Iterable[_builtins.str] | None = ...,
+        handles_deleted: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handles_deleted", b"handles_deleted", "released", b"released", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseFromReportResponse: _TypeAlias = ReleaseFromReportResponse  # noqa: Y015

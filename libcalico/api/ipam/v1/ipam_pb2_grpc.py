@@ -94,6 +94,16 @@ class IPAMStub:
                 request_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseTunnelAddressRequest.SerializeToString,
                 response_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseTunnelAddressResponse.FromString,
                 _registered_method=True)
+        self.CheckIPAM = channel.unary_unary(
+                '/calicopy.ipam.v1.IPAM/CheckIPAM',
+                request_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.CheckIPAMRequest.SerializeToString,
+                response_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.CheckIPAMResponse.FromString,
+                _registered_method=True)
+        self.ReleaseFromReport = channel.unary_unary(
+                '/calicopy.ipam.v1.IPAM/ReleaseFromReport',
+                request_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseFromReportRequest.SerializeToString,
+                response_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseFromReportResponse.FromString,
+                _registered_method=True)
 
 
 class IPAMServicer:
@@ -173,6 +183,20 @@ class IPAMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckIPAM(self, request, context):
+        """calicoctl ipam check: cross-check allocations against WorkloadEndpoints and Nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseFromReport(self, request, context):
+        """calicoctl ipam release --from-report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IPAMServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +259,16 @@ def add_IPAMServicer_to_server(servicer, server):
                     servicer.ReleaseTunnelAddress,
                     request_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseTunnelAddressRequest.FromString,
                     response_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseTunnelAddressResponse.SerializeToString,
+            ),
+            'CheckIPAM': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckIPAM,
+                    request_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.CheckIPAMRequest.FromString,
+                    response_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.CheckIPAMResponse.SerializeToString,
+            ),
+            'ReleaseFromReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFromReport,
+                    request_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseFromReportRequest.FromString,
+                    response_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseFromReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +595,60 @@ class IPAM:
             '/calicopy.ipam.v1.IPAM/ReleaseTunnelAddress',
             libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseTunnelAddressRequest.SerializeToString,
             libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseTunnelAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckIPAM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calicopy.ipam.v1.IPAM/CheckIPAM',
+            libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.CheckIPAMRequest.SerializeToString,
+            libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.CheckIPAMResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFromReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calicopy.ipam.v1.IPAM/ReleaseFromReport',
+            libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseFromReportRequest.SerializeToString,
+            libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.ReleaseFromReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
