@@ -1,0 +1,40 @@
+"""What every chain builder needs to know besides its own input: marks, config, IP version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import names
+from ..config import CompilerConfig
+from ..generic import ACCEPT, RETURN, Action, deny_action
+from ..marks import Marks, allocate
+
+
+@dataclass(frozen=True)
+class Context:
+    config: CompilerConfig
+    marks: Marks
+    ip_version: int
+    nft: bool = False
+
+    @classmethod
+    def make(cls, config: CompilerConfig, ip_version: int, nft: bool = False) -> Context:
+        return cls(config, allocate(config.mark_mask), ip_version, nft)
+
+    @property
+    def deny(self) -> Action:
+        return deny_action(self.config.filter_deny_action)
+
+    @property
+    def filter_allow(self) -> Action:
+        return RETURN if self.config.filter_allow_action == "RETURN" else ACCEPT
+
+    @property
+    def mangle_allow(self) -> Action:
+        return RETURN if self.config.mangle_allow_action == "RETURN" else ACCEPT
+
+    def set_name(self, set_id: str) -> str:
+        return names.ipset_name(self.ip_version, set_id)
+
+    def wildcards(self) -> list[str]:
+        return [p + "+" for p in self.config.interface_prefixes]
