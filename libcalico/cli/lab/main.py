@@ -1,0 +1,159 @@
+"""``calico-lab up | status | down``: run the control plane locally (see the package docstring
+for the state dir).
+
+    calico-lab up [--nodes N] [--state-dir DIR]   start etcd + services, wait until healthy
+    calico-lab status [--state-dir DIR]           pid, alive, health, address of each process
+    calico-lab down [--purge] [--state-dir DIR]   stop everything the lab started
+
+``up`` is idempotent: what already runs healthy is left alone, what died is restarted. It exits
+1 with the failing process's log tail when something does not become healthy (what did start
+keeps running; ``down`` stops it). ``status`` exits 0 only when every process is alive and
+SERVING. ``down`` exits 1 if a process survived SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from libcalico.cli.lab import control_plane, nodes
+from libcalico.cli.lab.control_plane import LabError, Layout
+
+DEFAULT_STATE_DIR = "/run/calico-lab"
+EXAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "examples" / "seed-manifests"
+
+
+def _default_state_dir() -> str:
+    return os.environ.get("CALICO_STATE_DIR") or DEFAULT_STATE_DIR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calico-lab",
+        description="Run calico-py's control plane (etcd and the services) on this machine.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        default=_default_state_dir(),
+        help="where sockets, logs, pid files and etcd's data live "
+        f"[default: $CALICO_STATE_DIR or {DEFAULT_STATE_DIR}]",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    p = sub.add_parser("up", parents=[common], help="start etcd and the control-plane services")
+    p.add_argument(
+        "--nodes", type=int, default=0, metavar="N",
+        help="lab nodes to create (node namespaces arrive with the CNI issue) [default: 0]",
+    )
+    sub.add_parser("status", parents=[common], help="show each process of the lab")
+    p = sub.add_parser("down", parents=[common], help="stop everything the lab started")
+    p.add_argument(
+        "--purge", action="store_true",
+        help="also remove etcd's data, logs and traces from the state dir",
+    )
+    return parser
+
+
+@contextmanager
+def _locked(layout: Layout) -> Iterator[None]:
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with layout.lock_file.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_up(layout: Layout, node_count: int) -> int:
+    if node_count < 0:
+        print("calico-lab: --nodes must be 0 or more", file=sys.stderr)
+        return 1
+    with _locked(layout):
+        try:
+            state = control_plane.up(layout, _say)
+            nodes.create_nodes(layout, node_count, _say)
+        except LabError as exc:
+            print(f"calico-lab up failed: {exc}", file=sys.stderr)
+            print(f"logs: {layout.root / 'logs'}; stop what started with: "
+                  f"calico-lab down --state-dir {layout.root}", file=sys.stderr)
+            return 1
+    services = state.get("services")
+    if not (isinstance(services, list) and "datastore" in services):
+        print(f"\nThe lab is up without a datastore service (not built yet); state dir "
+              f"{layout.root}.")
+        return 0
+    ds = layout.target("datastore")
+    state_flag = "" if str(layout.root) == DEFAULT_STATE_DIR else f" --state-dir {layout.root}"
+    example = EXAMPLES / "01-ippool-crosssubnet.yaml"
+    manifest = str(example) if example.exists() else "pool.yaml"
+    print(f"""
+The lab is up (state dir {layout.root}). To use it:
+
+  export CALICO_DATASTORE={ds}
+  calicoctl apply -f {manifest}
+  calicoctl get ippools -o wide
+  calico-lab status{state_flag}
+  calico-lab down{state_flag}
+
+Logs: {layout.root / 'logs'}/   Traces: {layout.trace_file}""")
+    return 0
+
+
+def cmd_status(layout: Layout) -> int:
+    from libcalico.cli.calicoctl.output import render_table
+
+    rows = control_plane.status(layout)
+    if not rows or not any(r.pid for r in rows):
+        print(f"The lab is not running (state dir {layout.root}).")
+        return 1
+    print(render_table(
+        ["NAME", "PID", "ALIVE", "HEALTH", "ADDRESS"],
+        [[r.name, str(r.pid or "-"), "yes" if r.alive else "no", r.health, r.address]
+         for r in rows],
+    ), end="")
+    healthy = all(r.alive and r.health == "SERVING" for r in rows)
+    return 0 if healthy else 1
+
+
+def cmd_down(layout: Layout, purge: bool) -> int:
+    if not layout.root.exists():
+        print(f"Nothing to stop (no state dir {layout.root}).")
+        return 0
+    with _locked(layout):
+        nodes.delete_nodes(layout, _say)
+        ok = control_plane.down(layout, _say, purge=purge)
+    if not ok:
+        print("calico-lab down: some processes could not be stopped (see above)",
+              file=sys.stderr)
+        return 1
+    print(f"The lab is down (state dir {layout.root}).")
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    layout = Layout(Path(args.state_dir).resolve())
+    if args.command == "up":
+        return cmd_up(layout, args.nodes)
+    if args.command == "status":
+        return cmd_status(layout)
+    return cmd_down(layout, args.purge)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
