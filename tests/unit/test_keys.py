@@ -14,7 +14,7 @@ from libcalico.model import KINDS
 
 # Key segments: anything without '/' (names, namespaces, hosts, handle IDs).
 segment = st.text(
-    alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
+    alphabet=st.characters(exclude_characters="/", codec="utf-8"),
     min_size=1,
     max_size=40,
 )
