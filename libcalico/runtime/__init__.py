@@ -4,13 +4,18 @@
 - ``log``: ``setup_logging(service, level)``, ``get_logger(name).info(event, **fields)``.
 - ``telemetry``: ``setup_tracing(service, ...)``, traceparent helpers, ``shutdown_tracing()``.
 - ``metrics``: Prometheus collectors with fixed labels, ``start_metrics_server(port)``.
+- ``interceptors``: the server interceptor (spans, domain errors → status codes, RPC metrics).
+- ``channel``: ``make_channel(target, service=...)`` — trace context out, domain errors back.
+- ``server``: ``ServerSpec``, ``serve``, ``start_in_process``, ``run_main``.
 
 Import names from here; the submodules hold the design notes.
 """
 
+from libcalico.runtime.channel import make_channel, to_domain_error
 from libcalico.runtime.config import ConfigValue, load_config, load_config_with_sources
 from libcalico.runtime.log import StructLogger, get_logger, setup_logging
 from libcalico.runtime.metrics import counter, gauge, histogram, start_metrics_server
+from libcalico.runtime.server import Server, ServerSpec, run_main, serve, start_in_process
 from libcalico.runtime.telemetry import (
     context_from_traceparent,
     force_flush_tracing,
@@ -24,6 +29,8 @@ from libcalico.runtime.telemetry import (
 
 __all__ = [
     "ConfigValue",
+    "Server",
+    "ServerSpec",
     "StructLogger",
     "context_from_traceparent",
     "counter",
@@ -35,10 +42,15 @@ __all__ = [
     "inject_traceparent",
     "load_config",
     "load_config_with_sources",
+    "make_channel",
+    "run_main",
+    "serve",
     "setup_logging",
     "setup_tracing",
     "shutdown_tracing",
     "start_batch_span",
+    "start_in_process",
     "start_metrics_server",
     "start_span_from_traceparent",
+    "to_domain_error",
 ]

@@ -1,0 +1,393 @@
+"""The server-side gRPC interceptor: trace context, domain errors → status, metrics.
+
+One ``ServerInterceptor`` per server wraps the behaviour function of every method handler
+(all four arities), so the work happens inside the handler's own task:
+
+1. **Tracing.** ``traceparent``/``tracestate`` from the invocation metadata become the parent
+   of a SERVER span named ``<package.Service>/<Method>`` with ``rpc.system``, ``rpc.service``,
+   ``rpc.method``, ``rpc.grpc.status_code`` and ``calico.service`` attributes. The span is the
+   current span while the handler runs, so logs carry its ids and outgoing calls made through
+   ``make_channel`` continue the trace. For async-generator handlers the span is made current
+   around each step of the generator only (never across a ``yield``: the consumer is gRPC's
+   code, and a context attached across a yield could be detached in another context).
+   Health checks and reflection are not traced (a probe every second would drown the traces)
+   but are counted.
+
+2. **Errors.** A ``libcalico.errors.CalicoError`` ends the RPC with ``grpc.StatusCode[
+   err.grpc_code]``, the message as status details and ``err.details()`` as trailing metadata
+   ``calico-error-<key>`` (values percent-encoded like ``grpc-message``: printable ASCII other
+   than ``%`` as is, everything else as UTF-8 ``%XX``; ``reason`` omitted when equal to the
+   message). Any other exception is logged with its traceback and ends the RPC with INTERNAL
+   and ``"<ExceptionType>: <text>"`` as details. Errors raised mid-stream (after some
+   responses were sent) are handled the same way. A handler's own ``context.abort()`` or
+   ``set_code()`` passes through untouched and is only recorded.
+
+3. **Metrics.** ``calico_grpc_server_handled_total{service,method,code}`` and
+   ``calico_grpc_server_handling_seconds{service,method}`` (time to status; for streams that is
+   the stream's lifetime).
+
+Synchronous (non-async) handlers are passed through unwrapped: our servers are ``grpc.aio``
+servers and register only coroutine and async-generator handlers.
+
+The codec for ``calico-error-*`` metadata (``error_metadata`` / ``error_details_from_metadata``)
+lives here too so that the server and ``channel`` (the client side) share one definition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, NoReturn
+from urllib.parse import unquote
+
+import grpc
+import grpc.aio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from libcalico.errors import CalicoError
+from libcalico.runtime.jsonl_exporter import SERVICE_ATTRIBUTE
+from libcalico.runtime.log import get_logger
+from libcalico.runtime.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
+from libcalico.runtime.telemetry import TRACER_NAME, context_from_traceparent
+
+__all__ = [
+    "ERROR_METADATA_PREFIX",
+    "UNTRACED_SERVICES",
+    "ServerInterceptor",
+    "error_details_from_metadata",
+    "error_metadata",
+    "grpc_code_of",
+]
+
+ERROR_METADATA_PREFIX = "calico-error-"
+UNTRACED_SERVICES: tuple[str, ...] = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+#: Codes that mean the server failed (OpenTelemetry's rule for SERVER span status).
+SERVER_FAULT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+_MAX_VALUE_CHARS = 1000
+_MAX_DETAILS_CHARS = 2000
+
+_log = get_logger(__name__)
+# A proxy until setup_tracing installs the provider, then the real tracer; fetching a tracer
+# per RPC would cost more than the span itself.
+_tracer = trace.get_tracer(TRACER_NAME)
+
+
+# --- calico-error-* metadata codec -------------------------------------------------------
+
+
+def _pct_encode(text: str) -> str:
+    if all(" " <= c <= "~" and c != "%" for c in text):
+        return text
+    out: list[str] = []
+    for c in text:
+        if " " <= c <= "~" and c != "%":
+            out.append(c)
+        else:
+            out.extend(f"%{b:02X}" for b in c.encode())
+    return "".join(out)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_metadata(err: CalicoError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata carrying ``err.details()``."""
+    details = err.details()
+    if details.get("reason") == details.get("message"):
+        details.pop("reason")
+    return tuple(
+        (ERROR_METADATA_PREFIX + key, _pct_encode(_truncate(value, _MAX_VALUE_CHARS)))
+        for key, value in details.items()
+    )
+
+
+def error_details_from_metadata(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> dict[str, str] | None:
+    """The ``details()`` dict a server put in trailing metadata; ``None`` if there is none."""
+    if not metadata:
+        return None
+    out: dict[str, str] = {}
+    for key, value in metadata:
+        if key.startswith(ERROR_METADATA_PREFIX):
+            text = value.decode() if isinstance(value, bytes) else value
+            out[key[len(ERROR_METADATA_PREFIX) :]] = unquote(text)
+    return out if "kind" in out else None
+
+
+def grpc_code_of(err: CalicoError) -> grpc.StatusCode:
+    try:
+        return grpc.StatusCode[err.grpc_code]
+    except KeyError:
+        return grpc.StatusCode.INTERNAL
+
+
+# --- per-method state ----------------------------------------------------------------------
+
+
+class _Method:
+    """What the interceptor needs about one method, computed once."""
+
+    __slots__ = (
+        "attributes",
+        "handled",
+        "method",
+        "seconds",
+        "service",
+        "span_name",
+        "traced",
+    )
+
+    def __init__(self, full_method: str, process_service: str) -> None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.service = service or "unknown"
+        self.method = method or "unknown"
+        self.span_name = f"{self.service}/{self.method}"
+        self.traced = self.service not in UNTRACED_SERVICES
+        self.attributes: dict[str, str] = {
+            "rpc.system": "grpc",
+            "rpc.service": self.service,
+            "rpc.method": self.method,
+            SERVICE_ATTRIBUTE: process_service,
+        }
+        self.seconds = GRPC_SERVER_HANDLING_SECONDS.labels(self.service, self.method)
+        self.handled: dict[grpc.StatusCode, Any] = {}
+
+    def count(self, code: grpc.StatusCode) -> None:
+        child = self.handled.get(code)
+        if child is None:
+            child = GRPC_SERVER_HANDLED.labels(self.service, self.method, code.name)
+            self.handled[code] = child
+        child.inc()
+
+
+def _parent_context(metadata: Sequence[tuple[str, Any]] | None) -> Context:
+    traceparent = ""
+    tracestate = ""
+    for key, value in metadata or ():
+        if key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
+    if not traceparent:
+        return Context()
+    return context_from_traceparent(traceparent, tracestate)
+
+
+class _Rpc:
+    """One RPC in flight: its span, its start time, and how it ends."""
+
+    __slots__ = ("code", "ctx", "info", "span", "start")
+
+    def __init__(self, info: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.info = info
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.span: trace.Span | None = None
+        self.ctx: Context | None = None
+        if info.traced:
+            parent = _parent_context(context.invocation_metadata())
+            self.span = _tracer.start_span(
+                info.span_name, context=parent, kind=SpanKind.SERVER, attributes=info.attributes
+            )
+            self.ctx = trace.set_span_in_context(self.span, parent)
+
+    def attach(self) -> object | None:
+        return otel_context.attach(self.ctx) if self.ctx is not None else None
+
+    @staticmethod
+    def detach(token: object | None) -> None:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def returned(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The handler finished normally (it may still have set a status code itself)."""
+        self.code = context.code() or grpc.StatusCode.OK
+
+    async def raised(
+        self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> NoReturn:
+        """Map the handler's exception to a status; always raises."""
+        if isinstance(exc, CalicoError):
+            code = grpc_code_of(exc)
+            self.code = code
+            name = self.info.span_name
+            if code in SERVER_FAULT_CODES:
+                _log.error(
+                    "rpc failed",
+                    rpc=name,
+                    code=code.name,
+                    error=str(exc),
+                    exc_info=code is grpc.StatusCode.INTERNAL,
+                )
+            else:
+                _log.debug("rpc refused", rpc=name, code=code.name, error=str(exc))
+            details = _truncate(exc.message, _MAX_DETAILS_CHARS)
+            await context.abort(code, details, trailing_metadata=error_metadata(exc))
+            raise AssertionError("context.abort returned")  # pragma: no cover
+        if isinstance(exc, grpc.aio.AbortError):
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            self.code = grpc.StatusCode.CANCELLED
+            raise exc
+        if not isinstance(exc, Exception):
+            self.code = grpc.StatusCode.UNKNOWN
+            raise exc
+        self.code = grpc.StatusCode.INTERNAL
+        if self.span is not None:
+            self.span.record_exception(exc)
+        _log.error(
+            "unhandled exception in rpc", rpc=self.info.span_name, error=repr(exc), exc_info=True
+        )
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            _truncate(f"{type(exc).__name__}: {exc}", _MAX_DETAILS_CHARS),
+        )
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    def finish(self) -> None:
+        code = self.code
+        info = self.info
+        info.seconds.observe(time.perf_counter() - self.start)
+        info.count(code)
+        span = self.span
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in SERVER_FAULT_CODES:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+
+
+# --- behaviour wrappers --------------------------------------------------------------------
+
+_Behaviour = Callable[..., Any]
+
+
+def _wrap_coroutine(behaviour: _Behaviour, info: _Method) -> _Behaviour:
+    """unary-unary, stream-unary, and streaming handlers written with ``context.write``."""
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        rpc = _Rpc(info, context)
+        token = rpc.attach()
+        try:
+            response = await behaviour(request, context)
+            rpc.returned(context)
+            return response
+        except BaseException as exc:
+            await rpc.raised(exc, context)
+        finally:
+            rpc.detach(token)
+            rpc.finish()
+
+    return wrapper
+
+
+def _wrap_async_gen(behaviour: _Behaviour, info: _Method) -> _Behaviour:
+    """unary-stream and stream-stream handlers that are async generators."""
+
+    async def wrapper(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        rpc = _Rpc(info, context)
+        responses: AsyncIterator[Any] = behaviour(request, context)
+        try:
+            while True:
+                token = rpc.attach()
+                try:
+                    item = await anext(responses)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    rpc.detach(token)
+                yield item
+            rpc.returned(context)
+        except BaseException as exc:
+            await _close_quietly(responses)
+            await rpc.raised(exc, context)
+        finally:
+            rpc.finish()
+
+    return wrapper
+
+
+async def _close_quietly(responses: AsyncIterator[Any]) -> None:
+    aclose: Callable[[], Awaitable[None]] | None = getattr(responses, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:  # the original exception is the one reported
+        pass
+
+
+def _wrap(behaviour: _Behaviour | None, info: _Method) -> _Behaviour | None:
+    if behaviour is None:
+        return None
+    if inspect.isasyncgenfunction(behaviour):
+        return _wrap_async_gen(behaviour, info)
+    if inspect.iscoroutinefunction(behaviour):
+        return _wrap_coroutine(behaviour, info)
+    return behaviour
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, info: _Method) -> grpc.RpcMethodHandler:
+    deser, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary, info), deser, ser)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_wrap(handler.unary_stream, info), deser, ser)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(_wrap(handler.stream_unary, info), deser, ser)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(_wrap(handler.stream_stream, info), deser, ser)
+    return handler
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Tracing, error mapping and metrics for every RPC of one server (see module docstring)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._methods: dict[str, _Method] = {}
+        # method -> (handler we were given, our wrapped copy); handlers are usually the same
+        # object on every call, so wrapping happens once per method.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        info = self._methods.get(method)
+        if info is None:
+            info = self._methods[method] = _Method(method, self.service)
+        wrapped = _wrap_handler(handler, info)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
