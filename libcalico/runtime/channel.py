@@ -73,13 +73,9 @@ for _cls in ERROR_CLASSES.values():
 
 
 def _unavailable_reason(details: str) -> str:
-    """``connection refused`` out of gRPC's 'failed to connect to all addresses; ... error: X'."""
-    text = details or "unavailable"
-    marker = "error: "
-    idx = text.rfind(marker)
-    if idx >= 0:
-        text = text[idx + len(marker) :]
-    text = text.strip()
+    """``connection refused`` out of gRPC's 'failed to connect to all addresses; last error:
+    UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused'."""
+    text = (details or "").rsplit(": ", 1)[-1].strip()
     return text[:1].lower() + text[1:] if text else "unavailable"
 
 

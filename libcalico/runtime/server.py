@@ -178,6 +178,7 @@ class Server:
         self._crashed = False
         self._runner: asyncio.Task[None] | None = None
         self._stopped = False
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- public -----------------------------------------------------------------------
 
@@ -219,7 +220,9 @@ class Server:
             # Second request: in-flight RPCs are cut off now.
             self._stop_grace = 0
             if self._server is not None:
-                asyncio.get_running_loop().create_task(self._server.stop(None))
+                task = asyncio.get_running_loop().create_task(self._server.stop(None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         self._stop_event.set()
 
     async def start(self) -> None:

@@ -316,6 +316,30 @@ async def test_unavailable_names_the_target(tmp_path: Path) -> None:
     assert str(info.value) == f"cannot reach the datastore at {target}: connection refused"
 
 
+async def test_unknown_method_and_deadline(server: Server, channel: grpc.aio.Channel) -> None:
+    with pytest.raises(CalicoError) as info:
+        await channel.unary_unary(f"/{SERVICE}/Nope")(b"x")
+    assert str(info.value) == (
+        f"the probe service at {server.target} does not implement /{SERVICE}/Nope"
+    )
+    with pytest.raises(UnavailableError, match="did not answer in time"):
+        async for _ in channel.unary_stream(f"/{SERVICE}/ServerStream")(b"forever", timeout=0.3):
+            pass
+
+
+async def test_unavailable_over_tcp_and_missing_socket(tmp_path: Path) -> None:
+    from libcalico.testing import free_port
+
+    for target, reason in [
+        (f"127.0.0.1:{free_port()}", "connection refused"),
+        (f"unix://{tmp_path}/missing.sock", "no such file or directory"),
+    ]:
+        async with make_channel(target, service="ipam service") as ch:
+            with pytest.raises(UnavailableError) as info:
+                await _unary_method(ch)(b"ok", timeout=5)
+        assert str(info.value) == f"cannot reach the ipam service at {target}: {reason}"
+
+
 # --- tracing -------------------------------------------------------------------------------
 
 
