@@ -213,6 +213,13 @@ class PolicyCompiler:
                 out += [KernelHook(v, table, chain, position, line) for line in rendered]
         return out
 
+    def rendered(self, ip_version: int = 4, table: str = "filter",
+                 flavor: str = IPTABLES) -> dict[str, tuple[str, ...]]:
+        """Current rendered text per chain (iptables ``-A`` lines or nft ``add rule`` lines)."""
+        cache = self._ipt_text if flavor == IPTABLES else self._nft_text
+        return {name: lines for (v, t, name), lines in cache.items()
+                if v == ip_version and t == table}
+
     def chains(self, ip_version: int = 4, table: str = "filter",
                flavor: str = IPTABLES) -> dict[str, Chain]:
         """The desired chains of one table, for tests and debugging."""
@@ -278,11 +285,16 @@ class PolicyCompiler:
 
         kind = gkey[0]
         v = ctx.ip_version
+        raw, mangle = ctx.for_table("raw"), ctx.for_table("mangle")
+        # REJECT only exists in filter: other tables get chains built with DROP, which are
+        # the same chains whenever the deny action is DROP anyway.
+        same_deny = raw.deny == ctx.deny
         if kind == "static":
             put("filter", static.filter_chains(ctx))
-            put("raw", static.raw_chains(ctx, m.rpf_skip()))
-            put("mangle", static.mangle_chains(ctx))
-            put("nat", nat.nat_chains(ctx, bool(m.pool_cidrs(v, masquerade_only=True)),
+            put("raw", static.raw_chains(raw, m.rpf_skip()))
+            put("mangle", static.mangle_chains(mangle))
+            put("nat", nat.nat_chains(ctx.for_table("nat"),
+                                      bool(m.pool_cidrs(v, masquerade_only=True)),
                                       m.floating_ips(v)))
         elif kind == "hooks":
             if ctx.nft:
@@ -295,22 +307,24 @@ class PolicyCompiler:
             key: PolicyKey = (gkey[1], gkey[2], gkey[3])
             pol = m.policies.get(key)
             if pol is not None:
-                chains = policy.policy_chains(*key, pol, ctx)
                 if pol.untracked:
-                    put("raw", chains)
+                    put("raw", policy.policy_chains(*key, pol, raw))
                 elif pol.pre_dnat:
-                    put("mangle", chains)
+                    put("mangle", policy.policy_chains(*key, pol, mangle))
                 else:
+                    chains = policy.policy_chains(*key, pol, ctx)
                     put("filter", chains)
                     if self._hep_mangle:
-                        put("mangle", chains)
+                        put("mangle", chains if same_deny
+                            else policy.policy_chains(*key, pol, mangle))
         elif kind == "profile":
             prof = m.profiles.get(gkey[1])
             if prof is not None:
                 chains = policy.profile_chains(gkey[1], prof, ctx)
                 put("filter", chains)
                 if self._hep_mangle:
-                    put("mangle", chains)
+                    put("mangle", chains if same_deny
+                        else policy.profile_chains(gkey[1], prof, mangle))
         elif kind == "wep":
             wkey: WepKey = (gkey[1], gkey[2], gkey[3])
             ep = m.weps.get(wkey)
@@ -322,8 +336,8 @@ class PolicyCompiler:
             if hep is not None and iface:
                 put("filter", endpoints.host_filter_chains(ctx, iface, hep))
                 if hep.untracked_tiers:
-                    put("raw", endpoints.host_raw_chains(ctx, iface, hep))
-                put("mangle", endpoints.host_mangle_chains(ctx, iface, hep))
+                    put("raw", endpoints.host_raw_chains(raw, iface, hep))
+                put("mangle", endpoints.host_mangle_chains(mangle, iface, hep))
         elif kind == "wl-dispatch":
             put("filter", dispatch.workload_dispatch(ctx, self._wl_ifaces()))
         elif kind == "hep-dispatch":
@@ -349,16 +363,17 @@ class PolicyCompiler:
             to_chain=names.TO_HEP_FORWARD, from_pfx=names.HOST_FROM_FWD_PFX,
             to_pfx=names.HOST_TO_FWD_PFX, skip_workloads=False))
         put("raw", dispatch.host_dispatch(
-            ctx, untracked, default if default in untracked else "",
+            ctx.for_table("raw"), untracked, default if default in untracked else "",
             from_chain=names.FROM_HOST_ENDPOINT, to_chain=names.TO_HOST_ENDPOINT,
             from_pfx=names.HOST_FROM_PFX, to_pfx=names.HOST_TO_PFX, skip_workloads=True))
         put("mangle", dispatch.host_dispatch(
-            ctx, pre_dnat, default if default in pre_dnat else "",
+            ctx.for_table("mangle"), pre_dnat, default if default in pre_dnat else "",
             from_chain=names.FROM_HOST_ENDPOINT, to_chain="", from_pfx=names.HOST_FROM_PFX,
             to_pfx=names.HOST_TO_PFX, skip_workloads=True))
         put("mangle", dispatch.host_dispatch(
-            ctx, all_if, default, from_chain="", to_chain=names.TO_HOST_ENDPOINT,
-            from_pfx=names.HOST_FROM_PFX, to_pfx=names.HOST_TO_PFX, skip_workloads=True))
+            ctx.for_table("mangle"), all_if, default, from_chain="",
+            to_chain=names.TO_HOST_ENDPOINT, from_pfx=names.HOST_FROM_PFX,
+            to_pfx=names.HOST_TO_PFX, skip_workloads=True))
 
     def _set_group(self, flavor: str, v: int, gkey: GroupKey,
                    new: dict[tuple[str, str], Chain], run: _Run) -> None:

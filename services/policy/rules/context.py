@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import names
 from ..config import CompilerConfig
-from ..generic import ACCEPT, RETURN, Action, deny_action
+from ..generic import ACCEPT, DROP, RETURN, Action, deny_action
 from ..marks import Marks, allocate
 
 
@@ -16,13 +16,21 @@ class Context:
     marks: Marks
     ip_version: int
     nft: bool = False
+    table: str = "filter"
 
     @classmethod
-    def make(cls, config: CompilerConfig, ip_version: int, nft: bool = False) -> Context:
-        return cls(config, allocate(config.mark_mask), ip_version, nft)
+    def make(cls, config: CompilerConfig, ip_version: int, nft: bool = False,
+             table: str = "filter") -> Context:
+        return cls(config, allocate(config.mark_mask), ip_version, nft, table)
+
+    def for_table(self, table: str) -> Context:
+        return self if table == self.table else replace(self, table=table)
 
     @property
     def deny(self) -> Action:
+        """``IptablesFilterDenyAction``; REJECT only exists in the filter table."""
+        if self.table != "filter":
+            return DROP
         return deny_action(self.config.filter_deny_action)
 
     @property

@@ -77,6 +77,14 @@ def _protocol(p: fb.Protocol) -> str | int | None:
     return None
 
 
+def _icmp_version(p: str | int | None) -> int:
+    if p in ("icmp", 1):
+        return 4
+    if p in ("icmpv6", "ipv6-icmp", 58):
+        return 6
+    return 0
+
+
 class _Blocks:
     """Felix's matchBlockBuilder: OR-ed alternatives rendered ahead of the main rule."""
 
@@ -114,7 +122,8 @@ class _Blocks:
             self.rules.append(Rule(tuple(terms), set_mark(bit)))
         for set_id in named:
             self.rules.append(
-                Rule(((f"{direction}_ipport_set", ctx.set_name(set_id)),), set_mark(bit))
+                Rule(((f"{'src' if direction == 's' else 'dst'}_ipport_set",
+                       ctx.set_name(set_id)),), set_mark(bit))
             )
         self._finish_positive()
 
@@ -153,6 +162,11 @@ def rule_to_rules(r: fb.Rule, ctx: Context, log_pfx: str) -> list[Rule]:
     """One Felix rule → rendered rules for ``ctx.ip_version`` (empty if it does not apply)."""
     v = ctx.ip_version
     if r.ip_version and r.ip_version != v:
+        return []
+    if (r.WhichOneof("icmp") or r.WhichOneof("not_icmp")) and r.HasField("protocol") \
+            and _icmp_version(_protocol(r.protocol)) not in (0, v):
+        # An ICMP type match for the other family cannot load (-p icmp -m icmp6) and could
+        # never match; Calico's validation pairs icmp with IPv4 and icmpv6 with IPv6.
         return []
     src_net, drop = _filter_nets(r.src_net, v, False)
     if drop:
