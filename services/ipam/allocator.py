@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from libcalico import keys
 from libcalico.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -60,7 +61,6 @@ from libcalico.errors import (
     RetriesExhaustedError,
     ValidationError,
 )
-from services.ipam import ipam_keys as keys
 from services.ipam.blocks import (
     STATE_CONFIRMED,
     Block,
@@ -372,7 +372,7 @@ class Allocator:
         if m is not None and not fresh:
             return m
         self.stats["reads"] += 1
-        kvs, _ = await self.kv.list(keys.host_affinity_prefix(node, version))
+        kvs, _ = await self.kv.list(keys.affinity_prefix(node, version))
         m = {}
         for kv in kvs:
             parsed = keys.parse_affinity_key(kv.key)

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from libcalico import keys
 from libcalico.errors import ConflictError, FailedPreconditionError, ValidationError
-from services.ipam import ipam_keys as keys
 from services.ipam.allocator import Allocator, ReleaseOptions
 from services.ipam.blocks import (
     ATTR_NAMESPACE,

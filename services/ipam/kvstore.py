@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from libcalico import keys
 from libcalico.errors import ConflictError, NotFoundError, UnavailableError
-from services.ipam import ipam_keys as keys
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from libcalico import keys
 from libcalico.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -21,7 +22,6 @@ from libcalico.errors import (
     RetriesExhaustedError,
     ValidationError,
 )
-from services.ipam import ipam_keys as keys
 from services.ipam.allocator import (
     Allocator,
     AutoAssignArgs,
