@@ -368,3 +368,20 @@ spec: {nets: [10.2.0.0/16]}
     assert out.startswith("NAMESPACE") and "ns1-set" in out and "default-set" in out
     code, _, err = ctl("get", "ippools", "-n", "ns1")
     assert code == 1 and "IPPool is not namespaced" in err
+
+
+def test_cluster_information_is_read_only_for_apply(ctl: Harness, tmp_path: Path) -> None:
+    ci = ("apiVersion: projectcalico.org/v3\nkind: ClusterInformation\n"
+          "metadata: {name: default}\nspec: {calicoVersion: v9}\n")
+    code, out, err = ctl("apply", "-f", _write(tmp_path, ci))
+    assert (code, out) == (1, "")
+    assert err == ("Failed to apply 'ClusterInformation' resource: operation apply is not "
+                   "supported on ClusterInformation: resource is readonly\n")
+    assert ctl.ds.writes == 0
+
+
+def test_not_yet_available_commands_say_so(ctl: Harness) -> None:
+    code, _, err = ctl("node", "status")
+    assert code == 1 and len(err.splitlines()) == 1 and "not available yet" in err
+    code, _, err = ctl("ipam", "show")
+    assert code == 1 and len(err.splitlines()) == 1

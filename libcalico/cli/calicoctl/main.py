@@ -15,6 +15,7 @@ Verbs and flags follow Calico's calicoctl::
       validate -f FILE
       version
       ipam     show [--ip IP | --show-blocks | --show-borrowed | --show-configuration]
+      node     status   (arrives with the node agents)
 
 ``-f`` takes a file, ``-`` for stdin, or a directory (its .yaml/.yml/.json files, ``-R`` to
 recurse). The connection options (``--datastore``, ``-c``) are accepted before or after the
@@ -234,6 +235,14 @@ def build_parser() -> _Parser:
         description="Show client and cluster versions.",
     )
     _connection_options(p, top=False)
+
+    p = sub.add_parser("node", help="Calico node management.",
+                       description="Calico node management.")
+    node = p.add_subparsers(dest="node_command", metavar="<node-command>", parser_class=_Parser)
+    node.required = True
+    status = node.add_parser("status", help="Show the BGP status of this node.",
+                             description="Show the BGP status of this node.")
+    _connection_options(status, top=False)
 
     p = sub.add_parser("ipam", help="IP address management.", description="IP address management.")
     ipam = p.add_subparsers(dest="ipam_command", metavar="<ipam-command>", parser_class=_Parser)

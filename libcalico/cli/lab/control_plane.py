@@ -6,8 +6,8 @@ Start order and readiness::
     etcd (EtcdServer, 127.0.0.1, /health)
       └── datastore  (gRPC health over <state>/sock/datastore.sock)
             ├── ipam        (<state>/sock/ipam.sock)
-            ├── calc_graph  (<state>/sock/calc_graph.sock)
-            └── policy      (<state>/sock/policy.sock)
+            └── calc_graph  (<state>/sock/calc_graph.sock)
+    policy (no dependency; <state>/sock/policy.sock)
 
 A service is started only if its package is importable and has a ``main`` module (the others
 are being written; the lab picks each up as soon as it lands) -- ``available_services`` says
@@ -70,9 +70,10 @@ SERVICES: tuple[ServiceDef, ...] = (
         "calc_graph", "services.calc_graph", "calico-calc-graph", "CALICO_CALC_GRAPH_",
         {"LISTEN": "listen", "DATASTORE": "datastore"}, ("datastore",),
     ),
+    # The policy compiler is fed by its callers (calc graph, dataplane); it reads no datastore.
     ServiceDef(
         "policy", "services.policy", "calico-policy", "CALICO_POLICY_",
-        {"LISTEN": "listen", "DATASTORE": "datastore"}, ("datastore",),
+        {"LISTEN": "listen"}, (),
     ),
 )  # fmt: skip
 

@@ -52,6 +52,11 @@ def _dispatch(args: argparse.Namespace, out: TextIO, connector: Connector) -> in
             from libcalico.cli.calicoctl.commands import version
 
             return version.run(args, out, connector)
+        if command == "node":
+            raise CommandFailed(
+                "calicoctl node status is not available yet: it arrives with the node agents "
+                "(BGP driver) in the lab's nodes"
+            )
         if command == "ipam":
             from libcalico.cli.calicoctl.commands import ipam
 

@@ -160,6 +160,12 @@ def run(args: argparse.Namespace, out: TextIO, connector: Connector) -> int:
         resources = _resources_from_args(args)
     kind = single_kind(resources) if by_file else resources[0]["kind"]
     count = len(resources)
+    if verb == "apply":
+        for resource in resources:
+            if resource.get("kind") == "ClusterInformation":
+                # As Calico: the datastore service owns it (version, cluster type, GUID).
+                raise _failed(verb, kind, count, "operation apply is not supported on "
+                              "ClusterInformation: resource is readonly")
     try:
         if verb == "delete":
             for resource in resources:
