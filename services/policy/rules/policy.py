@@ -284,7 +284,8 @@ def rules_to_chain(name: str, rules: Sequence[fb.Rule], ctx: Context, comment: s
         out.pop()
     if not out:
         out.append(Rule())
-    out[0] = out[0]._replace(comment=(comment, *out[0].comment))
+    # Felix appends the chain's comment after the first rule's own (annotation) comments.
+    out[0] = out[0]._replace(comment=(*out[0].comment, comment))
     return Chain(name, tuple(out))
 
 
