@@ -1,0 +1,313 @@
+"""Per-node event sequencer: coalesce what changed, flush it in Felix's dependency order.
+
+Stages only *mark* keys dirty (IP sets, policies, profiles, endpoints, node-local routes); the
+value sent is read from current state at flush time, so there is at most one pending update per
+key, a delta folds into a pending full update (an IP set added in this cycle is sent with its
+current members and no delta), and an add followed by a remove within one cycle sends nothing.
+Cluster-wide kinds (namespaces, VTEPs, host metadata, pools, routes' facts) are tracked once in
+their stages and shared; IP-set deltas are one message per set per flush for all nodes.
+
+Flush order (Felix's ``EventSequencer.Flush``, §2.2), except that Encapsulation follows
+ConfigUpdate so both precede everything else, as a driver needs them before the snapshot:
+
+1. ConfigUpdate, Encapsulation
+2. IP-set adds, IP-set deltas, policy updates, profile updates, endpoint updates
+3. endpoint removes, profile removes, policy removes, IP-set removes
+4. service accounts, namespaces (removes first)
+5. route removes, VTEP removes, VTEP adds, route adds (a route never precedes its VTEP)
+6. host metadata removes/updates, IP pool removes/updates
+
+A node's first flush is a snapshot: ``settle`` records the current state as sent without
+building messages and ``snapshot`` renders everything in the order above. Later subscribers to
+an established node get ``snapshot`` too, taken after that flush's deltas.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from libcalico.api.felix import felixbackend_pb2 as fb
+
+from .policy_resolver import PolicyKey
+from .records import ItemKey
+from .route_resolver import route_remove
+
+if TYPE_CHECKING:
+    from .active_rules import PolicyTable
+    from .config_batcher import ConfigBatcher
+    from .encap_resolver import EncapsulationResolver
+    from .ipsets import IPSetRegistry
+    from .passthru import Passthru
+    from .profile_decoder import ProfileDecoder
+    from .route_resolver import RouteResolver
+    from .vxlan_resolver import VXLANResolver
+
+MAX_MEMBERS_PER_MESSAGE = 20_000  # a larger set is sent as an update plus deltas
+
+
+class GlobalStages(Protocol):
+    """The cluster-wide stages a node's flush reads from."""
+
+    ipsets: IPSetRegistry
+    policies: PolicyTable
+    config: ConfigBatcher
+    encap: EncapsulationResolver
+    profiles: ProfileDecoder
+    vxlan: VXLANResolver
+    routes: RouteResolver
+    passthru: Passthru
+
+
+class NodeState(Protocol):
+    """What the node view tells its sequencer about the node's desired state."""
+
+    def ipset_needed(self, set_id: str) -> bool: ...
+
+    def needed_ipsets(self) -> list[str]: ...
+
+    def policy_active(self, key: PolicyKey) -> bool: ...
+
+    def active_policies(self) -> list[PolicyKey]: ...
+
+    def profile_active(self, name: str) -> bool: ...
+
+    def active_profiles(self) -> list[str]: ...
+
+    def endpoint_message(self, key: ItemKey) -> fb.ToDataplane | None: ...
+
+    def endpoint_keys(self) -> list[ItemKey]: ...
+
+    def local_route(self, dst: str) -> bool: ...
+
+    def local_routes(self) -> list[str]: ...
+
+
+def ipset_messages(g: GlobalStages, set_id: str) -> list[fb.ToDataplane]:
+    members = g.ipsets.members(set_id)
+    first = members[:MAX_MEMBERS_PER_MESSAGE]
+    out = [
+        fb.ToDataplane(
+            ipset_update=fb.IPSetUpdate(id=set_id, members=first, type=g.ipsets.set_type(set_id))  # type: ignore[arg-type]
+        )
+    ]
+    for i in range(MAX_MEMBERS_PER_MESSAGE, len(members), MAX_MEMBERS_PER_MESSAGE):
+        chunk = members[i : i + MAX_MEMBERS_PER_MESSAGE]
+        out.append(
+            fb.ToDataplane(ipset_delta_update=fb.IPSetDeltaUpdate(id=set_id, added_members=chunk))
+        )
+    return out
+
+
+def endpoint_remove(key: ItemKey, wep_id: tuple[str, str, str] | None) -> fb.ToDataplane:
+    if key[0] == "hep":
+        return fb.ToDataplane(
+            host_endpoint_remove=fb.HostEndpointRemove(id=fb.HostEndpointID(endpoint_id=key[2]))
+        )
+    assert wep_id is not None
+    return fb.ToDataplane(
+        workload_endpoint_remove=fb.WorkloadEndpointRemove(
+            id=fb.WorkloadEndpointID(
+                orchestrator_id=wep_id[0], workload_id=wep_id[1], endpoint_id=wep_id[2]
+            )
+        )
+    )
+
+
+def _wep_id(msg: fb.ToDataplane) -> tuple[str, str, str] | None:
+    if msg.HasField("workload_endpoint_update"):
+        i = msg.workload_endpoint_update.id
+        return (i.orchestrator_id, i.workload_id, i.endpoint_id)
+    return None
+
+
+class EventSequencer:
+    def __init__(self, node: str, state: NodeState) -> None:
+        self.node = node
+        self._state = state
+        self.dirty_ipsets: set[str] = set()
+        self.dirty_policies: set[PolicyKey] = set()
+        self.dirty_profiles: set[str] = set()
+        self.dirty_endpoints: set[ItemKey] = set()
+        self.dirty_routes: set[str] = set()
+        self.all_routes_dirty = False
+        self.sent_ipsets: set[str] = set()
+        self.sent_policies: set[PolicyKey] = set()
+        self.sent_profiles: set[str] = set()
+        self.sent_endpoints: dict[ItemKey, fb.ToDataplane] = {}
+        self.sent_routes: set[str] = set()
+        self.fresh = True
+
+    def has_local_changes(self) -> bool:
+        return bool(
+            self.dirty_ipsets
+            or self.dirty_policies
+            or self.dirty_profiles
+            or self.dirty_endpoints
+            or self.dirty_routes
+            or self.all_routes_dirty
+        )
+
+    def _clear(self) -> None:
+        self.dirty_ipsets = set()
+        self.dirty_policies = set()
+        self.dirty_profiles = set()
+        self.dirty_endpoints = set()
+        self.dirty_routes = set()
+        self.all_routes_dirty = False
+
+    # -- first flush ------------------------------------------------------------------------
+
+    def settle(self, g: GlobalStages) -> None:
+        """Record the node's whole current state as sent (its subscribers get ``snapshot``)."""
+        s = self._state
+        self.sent_ipsets = set(s.needed_ipsets())
+        self.sent_policies = set(s.active_policies())
+        self.sent_profiles = set(s.active_profiles())
+        self.sent_endpoints = {}
+        for key in s.endpoint_keys():
+            msg = s.endpoint_message(key)
+            if msg is not None:
+                self.sent_endpoints[key] = msg
+        self.sent_routes = set(g.routes.entries)
+        self.sent_routes.update(s.local_routes())
+        self.fresh = False
+        self._clear()
+
+    def snapshot(self, g: GlobalStages) -> list[fb.ToDataplane]:
+        out = [g.config.message(self.node), g.encap.message]
+        for set_id in self.sent_ipsets:
+            out.extend(ipset_messages(g, set_id))
+        out.extend(g.policies.parsed_policy(k).message for k in self.sent_policies)
+        out.extend(g.policies.parsed_profile(n).message for n in self.sent_profiles)
+        out.extend(self.sent_endpoints.values())
+        out.extend(g.profiles.service_accounts.snapshot())
+        out.extend(g.profiles.namespaces.snapshot())
+        out.extend(g.vxlan.vteps.snapshot())
+        local = self._state.local_route
+        for dst in self.sent_routes:
+            msg = g.routes.route_for(self.node, dst, local(dst))
+            if msg is not None:
+                out.append(msg)
+        out.extend(g.passthru.hosts.snapshot())
+        out.extend(g.passthru.pools.snapshot())
+        return out
+
+    # -- later flushes ----------------------------------------------------------------------
+
+    def delta(self, g: GlobalStages) -> list[fb.ToDataplane]:
+        s = self._state
+        out: list[fb.ToDataplane] = []
+        if g.config.is_dirty(self.node):
+            out.append(g.config.message(self.node))
+        if g.encap.dirty:
+            out.append(g.encap.message)
+
+        # IP sets: adds (full members), then this cycle's shared deltas for sets already sent.
+        added: list[str] = []
+        removed: list[str] = []
+        for set_id in self.dirty_ipsets:
+            needed = s.ipset_needed(set_id)
+            if needed and set_id not in self.sent_ipsets:
+                added.append(set_id)
+            elif not needed and set_id in self.sent_ipsets:
+                removed.append(set_id)
+        for set_id in added:
+            out.extend(ipset_messages(g, set_id))
+        changed = g.ipsets.changed
+        if changed:
+            small, large = (
+                (changed, self.sent_ipsets)
+                if len(changed) < len(self.sent_ipsets)
+                else (self.sent_ipsets, changed)
+            )
+            gone = set(removed)
+            for set_id in small:
+                if set_id in large and set_id not in gone:
+                    msg = g.ipsets.delta_message(set_id)
+                    if msg is not None:
+                        out.append(msg)
+        self.sent_ipsets.update(added)
+
+        policy_removes = []
+        for key in self.dirty_policies:
+            if s.policy_active(key):
+                out.append(g.policies.parsed_policy(key).message)
+                self.sent_policies.add(key)
+            elif key in self.sent_policies:
+                policy_removes.append(key)
+        profile_removes = []
+        for name in self.dirty_profiles:
+            if s.profile_active(name):
+                out.append(g.policies.parsed_profile(name).message)
+                self.sent_profiles.add(name)
+            elif name in self.sent_profiles:
+                profile_removes.append(name)
+        endpoint_removes = []
+        for key in self.dirty_endpoints:
+            msg = s.endpoint_message(key)
+            if msg is not None:
+                if self.sent_endpoints.get(key) != msg:
+                    out.append(msg)
+                    self.sent_endpoints[key] = msg
+            elif key in self.sent_endpoints:
+                endpoint_removes.append(key)
+
+        for key in endpoint_removes:
+            out.append(endpoint_remove(key, _wep_id(self.sent_endpoints.pop(key))))
+        for name in profile_removes:
+            out.append(
+                fb.ToDataplane(
+                    active_profile_remove=fb.ActiveProfileRemove(id=fb.ProfileID(name=name))
+                )
+            )
+            self.sent_profiles.discard(name)
+        for key in policy_removes:
+            kind, namespace, name = key
+            out.append(
+                fb.ToDataplane(
+                    active_policy_remove=fb.ActivePolicyRemove(
+                        id=fb.PolicyID(name=name, namespace=namespace, kind=kind)
+                    )
+                )
+            )
+            self.sent_policies.discard(key)
+        for set_id in removed:
+            out.append(fb.ToDataplane(ipset_remove=fb.IPSetRemove(id=set_id)))
+            self.sent_ipsets.discard(set_id)
+
+        for table in (g.profiles.service_accounts, g.profiles.namespaces):
+            if table.dirty:
+                rm, up = table.changes()
+                out.extend(rm)
+                out.extend(up)
+
+        dsts = set(g.routes.dirty)
+        dsts.update(self.dirty_routes)
+        if self.all_routes_dirty:
+            dsts.update(self.sent_routes)
+            dsts.update(s.local_routes())
+        route_removes = []
+        route_updates = []
+        local = s.local_route
+        for dst in dsts:
+            msg = g.routes.route_for(self.node, dst, local(dst))
+            if msg is not None:
+                route_updates.append(msg)
+                self.sent_routes.add(dst)
+            elif dst in self.sent_routes:
+                route_removes.append(route_remove(dst))
+                self.sent_routes.discard(dst)
+        out.extend(route_removes)
+        if g.vxlan.vteps.dirty:
+            rm, up = g.vxlan.vteps.changes()
+            out.extend(rm)
+            out.extend(up)
+        out.extend(route_updates)
+
+        for table in (g.passthru.hosts, g.passthru.pools):
+            if table.dirty:
+                rm, up = table.changes()
+                out.extend(rm)
+                out.extend(up)
+        self._clear()
+        return out
