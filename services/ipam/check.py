@@ -229,15 +229,30 @@ class ReleaseResult:
 
 
 async def release_from_report(
-    allocator: Allocator, report: Mapping[str, Any], *, force: bool = False
+    allocator: Allocator,
+    report: Mapping[str, Any],
+    *,
+    force: bool = False,
+    cluster_info: Resource | None = None,
 ) -> ReleaseResult:
+    """Release what ``report`` marks leaked (Calico's ``ReleaseFromReports`` rules).
+
+    The report must come from this cluster (same clusterGUID, never overridable); unless
+    ``force``, the datastore must be locked now (ClusterInformation datastoreReady false).
+    """
     if "allocations" not in report:
         raise ValidationError("not an IPAM check report: it has no allocations")
-    if not force and not report.get("datastoreLocked", False):
+    spec = (cluster_info or {}).get("spec", {}) or {}
+    guid = str(spec.get("clusterGUID", ""))
+    if guid != str(report.get("clusterGUID", "")):
         raise FailedPreconditionError(
-            "the report was made while the datastore was not locked, so addresses it calls "
-            "leaked may have been taken since; lock the datastore, re-run 'calicoctl ipam "
-            "check -o FILE', or pass --force"
+            "the report is from another cluster (clusterGUID differs); refusing to release"
+        )
+    if not force and spec.get("datastoreReady") is not False:
+        raise FailedPreconditionError(
+            "the datastore is not locked, so addresses the report calls leaked may have been "
+            "taken since; lock the datastore, re-run 'calicoctl ipam check -o FILE', or pass "
+            "--force"
         )
     out = ReleaseResult()
     for ip, allocs in sorted(report["allocations"].items()):

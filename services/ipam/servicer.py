@@ -181,7 +181,10 @@ class IPAMServicer(pb_grpc.IPAMServicer):
             raise ValidationError(f"the report is not JSON: {exc}") from exc
         if not isinstance(report, dict):
             raise ValidationError("the report is not a JSON object")
-        result = await check.release_from_report(self.allocator, report, force=request.force)
+        cluster_info = await self.resources.get("ClusterInformation", "default")
+        result = await check.release_from_report(
+            self.allocator, report, force=request.force, cluster_info=cluster_info
+        )
         return pb.ReleaseFromReportResponse(
             released=result.released,
             skipped=result.skipped,

@@ -115,7 +115,11 @@ async def test_check_finds_leaks_and_release_from_report_reclaims_them() -> None
     raw = json.loads(json.dumps(report.data))  # what `-o FILE` writes and --from-report reads
     with pytest.raises(FailedPreconditionError, match="--force"):
         await check.release_from_report(env.alloc, raw)
-    result = await check.release_from_report(env.alloc, raw, force=True)
+    other = {"spec": {"clusterGUID": "elsewhere", "datastoreReady": False}}
+    with pytest.raises(FailedPreconditionError, match="another cluster"):
+        await check.release_from_report(env.alloc, raw, force=True, cluster_info=other)
+    locked = {"spec": {"clusterGUID": "", "datastoreReady": False}}
+    result = await check.release_from_report(env.alloc, raw, cluster_info=locked)
     assert sorted(result.released) == sorted(ip.split("/")[0] for ip in leaked)
     assert result.handles_deleted == ["orphan"]
     after = await check.check(env.alloc, env.rs)
