@@ -385,3 +385,20 @@ def test_not_yet_available_commands_say_so(ctl: Harness) -> None:
     assert code == 1 and len(err.splitlines()) == 1 and "not available yet" in err
     code, _, err = ctl("ipam", "show")
     assert code == 1 and len(err.splitlines()) == 1
+
+
+def test_directory_of_manifests_and_duplicate_create(ctl: Harness, tmp_path: Path) -> None:
+    code, out, _ = ctl("apply", "-f", str(SEED))
+    assert (code, out) == (0, "Successfully applied 4 resource(s)\n")
+    twice = tmp_path / "twice.yaml"
+    other = POOL.replace("default-ipv4-ippool", "dup")
+    twice.write_text(other + "---\n" + other)
+    writes = ctl.ds.writes
+    code, out, err = ctl("create", "-f", str(twice))
+    assert (code, out) == (1, "")
+    assert err == "Failed to create any 'IPPool' resources: IPPool(dup) is given more than once\n"
+    assert ctl.ds.writes == writes
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    code, _, err = ctl("apply", "-f", str(empty))
+    assert code == 1 and err == f"No resources specified in file {empty}\n"

@@ -91,7 +91,15 @@ async def preflight(
     """Check each resource against the datastore before writing any. Returns, per resource,
     whether to write it (False: skipped by --skip-exists / --skip-not-exists)."""
     todo: list[bool] = []
+    seen: set[str] = set()
     for resource in resources:
+        if verb == "create":
+            if ident(resource) in seen:
+                raise AlreadyExistsError(
+                    f"{ident(resource)} is given more than once", resource=ident(resource),
+                    reason="given more than once",
+                )
+            seen.add(ident(resource))
         current = await _current(ds, resource)
         rv = str(meta(resource).get("resourceVersion") or "")
         latest = str(meta(current).get("resourceVersion", "")) if current else ""
