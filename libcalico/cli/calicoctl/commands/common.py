@@ -10,8 +10,11 @@ Order of work in a writing verb (create, apply, replace, delete):
    writer racing us) can leave a partial result, which is then reported as Calico reports it
    (``Partial success: applied the first N out of M resources``).
 
-The datastore is reached through the ``Datastore`` protocol below: ``libcalico.client``'s
-``DatastoreClient`` in production (wrapped by ``connect``), a hand-written fake in unit tests.
+Verbs reach the datastore through ``session(connector, target)``, which yields the
+``Datastore`` protocol below: the connector's client (``libcalico.client.DatastoreClient``
+from ``connect`` in production, a hand-written fake in unit tests) behind a wrapper that
+bounds every call and turns "unreachable" into one line naming the target and how to start
+the lab.
 """
 
 from __future__ import annotations
@@ -33,9 +36,8 @@ T = TypeVar("T")
 # How long one RPC may take before calicoctl reports the datastore unreachable.
 RPC_TIMEOUT_S = 10.0
 LAB_HINT = (
-    "start the lab with 'calico-lab up' (then export CALICO_DATASTORE=unix://<state-dir>/sock/"
-    "datastore.sock if it is not the default /run/calico-lab), or point calicoctl at a datastore "
-    "service with --datastore or CALICO_DATASTORE"
+    "start the lab with 'calico-lab up' (it prints the CALICO_DATASTORE to export), or point "
+    "calicoctl at a running datastore service with --datastore or CALICO_DATASTORE"
 )
 
 
