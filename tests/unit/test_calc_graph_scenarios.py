@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from libcalico.client.syncer import SyncStatus, Update
-from libcalico.selector import parse
+from libcalico.selector import make_unique_id, parse
 from services.calc_graph.fanout import Subscriber
 from services.calc_graph.graph import CalcGraph, build_graph
-from services.calc_graph.rule_scanner import make_unique_id
 from services.calc_graph.vxlan_resolver import vtep_mac
 from tests.unit import fake_dataplane as f
 
