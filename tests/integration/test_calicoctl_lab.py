@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.test_lab import (
+    BIN,
     RESOURCE_PREFIX,
     SEED,
     Lab,
@@ -217,3 +220,26 @@ def test_version_reports_cluster(lab: Lab) -> None:
     assert lines[0].startswith("Client Version:    v")
     assert lines[2].startswith("Cluster Version:   ")
     assert lines[3].startswith("Cluster Type:      ")
+
+
+def test_opt_in_trace_joins_calicoctl_and_datastore_spans(lab: Lab, tmp_path: Path) -> None:
+    trace_file = lab.state_dir / "traces.jsonl"
+    env = {**lab.env, "CALICO_TRACE_FILE": str(trace_file)}
+    result = subprocess.run(
+        [str(BIN / "calicoctl"), "apply", "-f", str(SEED / "03-bgppeer-to-reflectors.yaml")],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    # calicoctl flushed its own span on exit; the service's batch exporter flushes within ~5s.
+    deadline = time.monotonic() + 15
+    while True:
+        spans = [json.loads(line) for line in trace_file.read_text().splitlines() if line]
+        roots = [s for s in spans if s["name"] == "calicoctl apply"]
+        assert len(roots) <= 1
+        served = [s for s in spans if roots and s["trace_id"] == roots[0]["trace_id"]
+                  and s["service"] == "datastore" and s["kind"] == "SERVER"]
+        if roots and {"Get", "Apply"} <= {s["name"].rsplit("/", 1)[-1] for s in served}:
+            break
+        assert time.monotonic() < deadline, (roots, served)
+        time.sleep(0.2)
+    assert roots[0]["parent_span_id"] is None

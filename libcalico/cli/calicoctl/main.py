@@ -24,13 +24,18 @@ prints one line on stderr and exits 1; success exits 0.
 
 Only argparse is imported at start-up: each command imports the model, the client and gRPC
 when it runs, so ``calicoctl --help`` and ``calicoctl validate`` never load gRPC.
+
+Tracing is opt-in: with ``CALICO_TRACE_FILE`` (e.g. the lab's ``<state>/traces.jsonl``) or an
+OTLP endpoint in the environment, the command runs in one span, ``calicoctl <command>``, that
+is the parent of every RPC it makes, so a trace shows the command and what each service did.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
 PROG = "calicoctl"
@@ -312,6 +317,8 @@ def run(
     from libcalico.cli.calicoctl.commands.common import CommandFailed
 
     try:
+        if tracing_configured(os.environ):
+            return _traced(args, out, connector)
         return dispatch(args, out, connector)
     except CommandFailed as exc:
         print(one_line(str(exc)), file=err)
@@ -319,6 +326,35 @@ def run(
     except KeyboardInterrupt:
         print("Interrupted", file=err)
         return 1
+
+
+def tracing_configured(environ: Mapping[str, str]) -> bool:
+    """calicoctl traces only when asked to: ``CALICO_TRACE_FILE`` (a path, not ``off``) or an
+    OTLP endpoint in the environment. Otherwise OpenTelemetry's SDK is not set up."""
+    trace_file = environ.get("CALICO_TRACE_FILE", "").strip()
+    if trace_file and trace_file.lower() not in ("off", "none"):
+        return True
+    return any(
+        environ.get(name) for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                                       "OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def _traced(args: argparse.Namespace, out: TextIO, connector: Any) -> int:
+    """Run the command in one span, ``calicoctl <command>``, so that every RPC it makes (and
+    the services' spans under them) share one trace."""
+    from libcalico.cli.calicoctl.commands import dispatch
+    from libcalico.runtime.telemetry import get_tracer, setup_tracing, shutdown_tracing
+
+    setup_tracing("calicoctl")
+    try:
+        with get_tracer().start_as_current_span(f"calicoctl {args.command}") as span:
+            span.set_attribute("calicoctl.command", str(args.command))
+            code = dispatch(args, out, connector)
+            span.set_attribute("calicoctl.exit_code", code)
+            return code
+    finally:
+        shutdown_tracing()
 
 
 def one_line(message: str) -> str:
