@@ -220,6 +220,10 @@ class PolicyCompiler:
         return {name: lines for (v, t, name), lines in cache.items()
                 if v == ip_version and t == table}
 
+    def ipset_state(self) -> dict[tuple[int, str], tuple[int, frozenset[str]]]:
+        """(IP version, set ID) → (type, members) as handed out so far."""
+        return self._sets.state()
+
     def chains(self, ip_version: int = 4, table: str = "filter",
                flavor: str = IPTABLES) -> dict[str, Chain]:
         """The desired chains of one table, for tests and debugging."""

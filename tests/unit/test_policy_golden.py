@@ -68,7 +68,7 @@ def render_static() -> str:
     lines += [f"IPv{h.ip_version} {h.table} {h.position}: {h.rule}" for h in c.hooks()]
     lines.append("### nft declarations")
     lines += [x for x in result.nft_script.splitlines()
-              if x.startswith(("add table", "add map", "add chain")) and "{" in x
+              if (x.startswith(("add table", "add map", "add chain")) and "{" in x)
               or x.startswith("add table")]
     return "\n".join(lines) + "\n"
 
