@@ -101,6 +101,7 @@ def cmd_up(layout: Layout, node_count: int) -> int:
 The lab is up (state dir {layout.root}). To use it:
 
   export CALICO_DATASTORE={ds}
+  export CALICO_TRACE_FILE={layout.trace_file}   # optional: trace calicoctl too
   calicoctl apply -f {manifest}
   calicoctl get ippools -o wide
   calico-lab status{state_flag}
