@@ -145,11 +145,18 @@ def cmd_down(layout: Layout, purge: bool) -> int:
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     layout = Layout(Path(args.state_dir).resolve())
-    if args.command == "up":
-        return cmd_up(layout, args.nodes)
-    if args.command == "status":
-        return cmd_status(layout)
-    return cmd_down(layout, args.purge)
+    try:
+        if args.command == "up":
+            return cmd_up(layout, args.nodes)
+        if args.command == "status":
+            return cmd_status(layout)
+        return cmd_down(layout, args.purge)
+    except OSError as exc:
+        # Typically a state dir this user cannot write (the default is under /run).
+        print(f"calico-lab {args.command}: {exc.strerror or exc}: "
+              f"{exc.filename or layout.root} (choose another with --state-dir)",
+              file=sys.stderr)
+        return 1
 
 
 def main() -> None:
