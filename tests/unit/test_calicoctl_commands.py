@@ -402,3 +402,20 @@ def test_directory_of_manifests_and_duplicate_create(ctl: Harness, tmp_path: Pat
     empty.write_text("# nothing here\n")
     code, _, err = ctl("apply", "-f", str(empty))
     assert code == 1 and err == f"No resources specified in file {empty}\n"
+
+
+def test_custom_columns_export_and_node_asn_from_bgp_configuration(ctl: Harness) -> None:
+    ctl("apply", "-f", str(SEED / "01-ippool-crosssubnet.yaml"))
+    code, out, _ = ctl("get", "ippools", "-o", "custom-columns=NAME,NAT")
+    assert (code, out) == (0, "NAME                  NAT    \ndefault-ipv4-ippool   true   \n\n")
+    code, _, err = ctl("get", "ippools", "-o", "custom-columns=NAME,BOGUS")
+    assert code == 1 and "BOGUS" in err and len(err.splitlines()) == 1
+    _, out, _ = ctl("get", "ippool", "default-ipv4-ippool", "-o", "yaml", "--export")
+    assert "resourceVersion" not in yaml.safe_load(out)["metadata"]
+    # A node without its own AS number shows the global one in brackets (64512 by default).
+    ctl("apply", "-f", str(SEED / "02-node-route-reflector.yaml"))
+    _, out, _ = ctl("get", "nodes", "-o", "wide")
+    assert out.splitlines()[1].split()[:2] == ["master01", "(64512)"]
+    ctl("apply", "-f", str(SEED / "04-bgpconfiguration-no-mesh.yaml"))
+    _, out, _ = ctl("get", "nodes", "-o", "wide")
+    assert out.splitlines()[1].split()[:2] == ["master01", "(63400)"]
