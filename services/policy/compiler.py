@@ -544,6 +544,8 @@ def _hep_iface(hep: fb.HostEndpoint | None) -> str:
 
 
 def _vmap_element_lines(v: int, mname: str, elems: dict[str, str], add: bool) -> list[str]:
+    if not elems:
+        return []
     fam = nft.family(v)
     full = nft.layered("filter", mname)
     if add:
