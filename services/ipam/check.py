@@ -230,10 +230,10 @@ class ReleaseResult:
 
 async def release_from_report(
     allocator: Allocator,
+    resources: ResourceStore,
     report: Mapping[str, Any],
     *,
     force: bool = False,
-    cluster_info: Resource | None = None,
 ) -> ReleaseResult:
     """Release what ``report`` marks leaked (Calico's ``ReleaseFromReports`` rules).
 
@@ -242,6 +242,7 @@ async def release_from_report(
     """
     if "allocations" not in report:
         raise ValidationError("not an IPAM check report: it has no allocations")
+    cluster_info = await resources.get("ClusterInformation", "default")
     spec = (cluster_info or {}).get("spec", {}) or {}
     guid = str(spec.get("clusterGUID", ""))
     if guid != str(report.get("clusterGUID", "")):

@@ -181,9 +181,8 @@ class IPAMServicer(pb_grpc.IPAMServicer):
             raise ValidationError(f"the report is not JSON: {exc}") from exc
         if not isinstance(report, dict):
             raise ValidationError("the report is not a JSON object")
-        cluster_info = await self.resources.get("ClusterInformation", "default")
         result = await check.release_from_report(
-            self.allocator, report, force=request.force, cluster_info=cluster_info
+            self.allocator, self.resources, report, force=request.force
         )
         return pb.ReleaseFromReportResponse(
             released=result.released,

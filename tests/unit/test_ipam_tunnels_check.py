@@ -114,12 +114,14 @@ async def test_check_finds_leaks_and_release_from_report_reclaims_them() -> None
 
     raw = json.loads(json.dumps(report.data))  # what `-o FILE` writes and --from-report reads
     with pytest.raises(FailedPreconditionError, match="--force"):
-        await check.release_from_report(env.alloc, raw)
-    other = {"spec": {"clusterGUID": "elsewhere", "datastoreReady": False}}
+        await check.release_from_report(env.alloc, env.rs, raw)
+    info = {"kind": "ClusterInformation", "metadata": {"name": "default"},
+            "spec": {"clusterGUID": "elsewhere", "datastoreReady": False}}
+    env.rs.put_resource(info)
     with pytest.raises(FailedPreconditionError, match="another cluster"):
-        await check.release_from_report(env.alloc, raw, force=True, cluster_info=other)
-    locked = {"spec": {"clusterGUID": "", "datastoreReady": False}}
-    result = await check.release_from_report(env.alloc, raw, cluster_info=locked)
+        await check.release_from_report(env.alloc, env.rs, raw, force=True)
+    raw["clusterGUID"] = "elsewhere"  # as if made on this (now locked) cluster
+    result = await check.release_from_report(env.alloc, env.rs, raw)
     assert sorted(result.released) == sorted(ip.split("/")[0] for ip in leaked)
     assert result.handles_deleted == ["orphan"]
     after = await check.check(env.alloc, env.rs)
@@ -136,6 +138,6 @@ async def test_release_from_report_skips_addresses_reused_since() -> None:
     # The same address goes to a new workload before the report is acted on.
     for i in range(4):
         await env.alloc.auto_assign(AutoAssignArgs(node="n", num4=1, handle=f"new{i}"))
-    result = await check.release_from_report(env.alloc, raw, force=True)
+    result = await check.release_from_report(env.alloc, env.rs, raw, force=True)
     assert result.released == [] and result.skipped == [ip.split("/")[0]]
     assert len(allocated(env)) == 4
