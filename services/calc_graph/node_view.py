@@ -70,12 +70,14 @@ class NodeView:
 
     def _route_refs(self, nets: tuple[str, ...], delta: int) -> None:
         for dst in nets:
-            n = self._routes.get(dst, 0) + delta
+            before = self._routes.get(dst, 0)
+            n = before + delta
             if n > 0:
                 self._routes[dst] = n
             else:
                 self._routes.pop(dst, None)
-            self.seq.dirty_routes.add(dst)
+            if (before == 0) != (n <= 0):  # the node's own /32 appeared or went
+                self.seq.dirty_routes.add(dst)
 
     # -- NodeState for the sequencer ---------------------------------------------------------
 

@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from libcalico import keys
 from libcalico.api.felix import felixbackend_pb2 as fb
 from libcalico.client.syncer import Update
+from libcalico.model.names import wep_name
 
 
 class ProtocolViolation(AssertionError):
@@ -368,7 +369,7 @@ def wep(
     ports: list[dict[str, Any]] | None = None,
     profiles: list[str] | None = None,
 ) -> Update:
-    name = f"{node}-k8s-{pod}-eth0"
+    name = wep_name(node, "k8s", pod, "eth0")
     spec: dict[str, Any] = {
         "orchestrator": "k8s",
         "node": node,
@@ -390,7 +391,7 @@ def wep(
 
 
 def wep_delete(ns: str, pod: str, node: str) -> Update:
-    return update("WorkloadEndpoint", f"{node}-k8s-{pod}-eth0", None, ns)
+    return update("WorkloadEndpoint", wep_name(node, "k8s", pod, "eth0"), None, ns)
 
 
 def namespace(ns: str, labels: dict[str, str] | None = None) -> Update:
