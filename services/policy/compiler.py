@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from libcalico.api.felix import felixbackend_pb2 as fb
+from libcalico.errors import ValidationError
 
 from . import names
 from .config import CompilerConfig
@@ -126,7 +127,13 @@ class CompileResult:
 
 
 class PolicyCompiler:
-    def __init__(self, config: CompilerConfig | None = None) -> None:
+    def __init__(self, config: CompilerConfig | None = None, *,
+                 flavors: Iterable[str] = FLAVORS) -> None:
+        """``flavors``: which renderings to produce ("iptables", "nft"); a driver that only
+        programs one of them halves the rendering work by asking for just that one."""
+        self.flavors = tuple(f for f in FLAVORS if f in set(flavors))
+        if not self.flavors:
+            raise ValidationError(f"flavors: none of {list(flavors)} is one of {FLAVORS}")
         self.model = PolicyModel(config or CompilerConfig())
         self._sets = IPSetEmitter()
         # flavour → (version, table) → chain name → Chain: what the driver has been given.
@@ -172,7 +179,7 @@ class PolicyCompiler:
     def full(self) -> CompileResult:
         """The whole desired state: every chain, every set, a from-scratch nft script."""
         run = _Run()
-        for flavor in FLAVORS:
+        for flavor in self.flavors:
             for (v, table), chains in self._chains[flavor].items():
                 for name in chains:
                     run.changed[flavor].add((v, table, name))
@@ -181,7 +188,10 @@ class PolicyCompiler:
         result = CompileResult(full=True)
         for (v, table, name) in sorted(run.changed[IPTABLES]):
             self._ipt_table(result, v, table).chains[name] = self._ipt_text[(v, table, name)]
-        result.ipset_restore = _join(sets.ipset)
+        if IPTABLES in self.flavors:
+            result.ipset_restore = _join(sets.ipset)
+        if NFT not in self.flavors:
+            return result
         lines: list[str] = []
         for v in self.versions:
             fam = nft.family(v)
@@ -202,6 +212,8 @@ class PolicyCompiler:
     def hooks(self) -> list[KernelHook]:
         """The rules to insert into (and append to) the kernel chains, per IP version."""
         out: list[KernelHook] = []
+        if IPTABLES not in self.flavors:
+            return out  # nftables hooks are the base chains in the script itself
         for v in self.versions:
             ctx = self._context(v, False)
             by_chain: dict[tuple[str, str, str], list[Rule]] = {}
@@ -271,12 +283,12 @@ class PolicyCompiler:
     def _rebuild_group(self, gkey: GroupKey, run: _Run) -> None:
         for v in self.versions:
             if gkey[0] in ("wl-dispatch", "hep-dispatch", "hooks"):
-                for flavor in FLAVORS:
+                for flavor in self.flavors:
                     built = self._build(gkey, self._context(v, flavor == NFT))
                     self._set_group(flavor, v, gkey, built, run)
             else:
                 built = self._build(gkey, self._context(v, False))
-                for flavor in FLAVORS:
+                for flavor in self.flavors:
                     self._set_group(flavor, v, gkey, built, run)
 
     def _build(self, gkey: GroupKey, ctx: Context) -> dict[tuple[str, str], Chain]:
@@ -433,7 +445,7 @@ class PolicyCompiler:
     def _sync_vmaps(self, run: _Run, dirty: bool) -> list[str]:
         """Element changes for the workload dispatch maps (deletions go to ``run``)."""
         lines: list[str] = []
-        if not dirty:
+        if not dirty or NFT not in self.flavors:
             return lines
         desired = dispatch.workload_vmaps(self._wl_ifaces())
         for v in self.versions:
@@ -459,6 +471,16 @@ class PolicyCompiler:
 
     # -- output ----------------------------------------------------------------------------
 
+    def _check_references(self, run: _Run, result: CompileResult) -> None:
+        """Warn about jumps to chains nobody renders (a restore would fail on them)."""
+        flavor = self.flavors[0]
+        tables = self._chains[flavor]
+        for v, table, name in sorted(run.changed[flavor]):
+            for target in referenced_chains(tables[(v, table)][name]):
+                if target not in tables[(v, table)]:
+                    result.warnings.append(
+                        f"IPv{v} {table} chain {name} refers to missing chain {target}")
+
     def _ipt_table(self, result: CompileResult, v: int, table: str) -> TableDelta:
         key = (v, table)
         if key not in result.iptables:
@@ -476,6 +498,7 @@ class PolicyCompiler:
         cfg = self.model.config
         result = CompileResult()
         lines: list[str] = []
+        self._check_references(run, result)
         # iptables
         for key in sorted(run.changed[IPTABLES]):
             v, table, name = key
@@ -483,19 +506,17 @@ class PolicyCompiler:
             rendered = ipt.render_chain(chain, cfg.masq_fully_random)
             self._ipt_text[key] = rendered
             self._ipt_table(result, v, table).chains[name] = rendered
-            for target in referenced_chains(chain):
-                if target not in self._chains[IPTABLES][(v, table)]:
-                    result.warnings.append(
-                        f"IPv{v} {table} chain {name} refers to missing chain {target}")
         for key in sorted(run.deleted[IPTABLES]):
             v, table, name = key
             self._ipt_text.pop(key, None)
             d = self._ipt_table(result, v, table)
             result.iptables[(v, table)] = TableDelta(v, table, d.chains, (*d.deleted, name))
-        result.ipset_restore = _join(sets.ipset)
-        result.ipset_destroy = _join(sets.ipset_destroy)
+        if IPTABLES in self.flavors:
+            result.ipset_restore = _join(sets.ipset)
+            result.ipset_destroy = _join(sets.ipset_destroy)
+        if NFT not in self.flavors:
+            return _logged(result)
         # nftables
-        lines = []
         if bootstrap:
             lines += [f"add table {nft.family(v)} {nft.TABLE}" for v in self.versions]
             lines += self._nft_map_decls()
@@ -519,9 +540,7 @@ class PolicyCompiler:
             lines.append(f"delete chain {nft.family(v)} {nft.TABLE} {nft.layered(table, name)}")
         lines += sets.nft_delete
         result.nft_script = _join(lines)
-        for w in result.warnings:
-            log.warning("%s", w)
-        return result
+        return _logged(result)
 
 
 @dataclass
@@ -554,6 +573,12 @@ def _vmap_element_lines(v: int, mname: str, elems: dict[str, str], add: bool) ->
         return [f"add element {fam} {nft.TABLE} {full} {{ {body} }}"]
     body = ", ".join(f'"{k}"' for k in sorted(elems))
     return [f"delete element {fam} {nft.TABLE} {full} {{ {body} }}"]
+
+
+def _logged(result: CompileResult) -> CompileResult:
+    for w in result.warnings:
+        log.warning("%s", w)
+    return result
 
 
 def _join(lines: list[str]) -> str:

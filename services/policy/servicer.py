@@ -16,7 +16,7 @@ import grpc
 from libcalico.api.policy.v1 import policy_pb2 as pb
 from libcalico.api.policy.v1 import policy_pb2_grpc as pb_grpc
 
-from .compiler import TABLES, CompileResult, KernelHook, PolicyCompiler
+from .compiler import FLAVORS, TABLES, CompileResult, KernelHook, PolicyCompiler
 from .config import CompilerConfig
 
 
@@ -62,7 +62,7 @@ class PolicyServicer(pb_grpc.PolicyCompilerServicer):
             first = compiler is None
             if compiler is None:
                 cfg = self._base.with_felix(dict(req.config)) if req.config else self._base
-                compiler = PolicyCompiler(cfg)
+                compiler = PolicyCompiler(cfg, flavors=list(req.flavors) or FLAVORS)
             result = await loop.run_in_executor(None, _compile, compiler, req)
             hooks = compiler.hooks() if first or req.full else []
             yield result_pb(req.sequence_number, result, hooks)

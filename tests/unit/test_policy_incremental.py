@@ -216,3 +216,16 @@ def test_replaying_increments_equals_a_fresh_compile(batches: list[list[fb.ToDat
     assert state == full_state(fresh)
     assert full_state(incremental) == full_state(fresh)
     assert incremental.ipset_state() == fresh.ipset_state()
+
+
+def test_single_flavor_compilers_render_only_their_flavor() -> None:
+    nft_only = PolicyCompiler(flavors=["nft"])
+    r = nft_only.apply(ex.workload())
+    assert not r.iptables and not r.ipset_restore and not nft_only.hooks()
+    assert "add rule ip calico filter-cali-tw-cali12345678901" in r.nft_script
+    ipt_only = PolicyCompiler(flavors=["iptables"])
+    r = ipt_only.apply(ex.workload())
+    assert r.iptables and r.ipset_restore and not r.nft_script
+    both = PolicyCompiler()
+    rb = both.apply(ex.workload())
+    assert rb.restore_input(4) == r.restore_input(4)

@@ -9,7 +9,7 @@ chain, its position and every rule above it, which lets a driver compare a chain
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from collections.abc import Iterable
 
@@ -17,11 +17,16 @@ HASH_LENGTH = 16
 PLACEHOLDER = "HASH"
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def rule_hashes(chain: str, rendered_for_hash: Iterable[str]) -> list[str]:
     """IDs for rules whose hash-form renderings are given in order."""
-    digest = hashlib.sha224(chain.encode()).digest()
+    sha224 = hashlib.sha224
+    b64 = binascii.b2a_base64
+    digest = sha224(chain.encode()).digest()
     out = []
     for text in rendered_for_hash:
-        digest = hashlib.sha224(digest + text.encode()).digest()
-        out.append(base64.urlsafe_b64encode(digest).decode()[:HASH_LENGTH])
+        digest = sha224(digest + text.encode()).digest()
+        out.append(b64(digest, newline=False)[:HASH_LENGTH].translate(_URLSAFE).decode())
     return out

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from .. import names
 from ..config import CompilerConfig
 from ..generic import ACCEPT, DROP, RETURN, Action, deny_action
 from ..marks import Marks, allocate
+
+
+@lru_cache(maxsize=65536)
+def _set_name(ip_version: int, set_id: str) -> str:
+    return names.ipset_name(ip_version, set_id)
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class Context:
         return RETURN if self.config.mangle_allow_action == "RETURN" else ACCEPT
 
     def set_name(self, set_id: str) -> str:
-        return names.ipset_name(self.ip_version, set_id)
+        return _set_name(self.ip_version, set_id)
 
     def wildcards(self) -> list[str]:
         return [p + "+" for p in self.config.interface_prefixes]

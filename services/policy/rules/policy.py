@@ -161,40 +161,55 @@ def log_prefix(ctx: Context, kind: str, namespace: str, name: str, tier: str) ->
 def rule_to_rules(r: fb.Rule, ctx: Context, log_pfx: str) -> list[Rule]:
     """One Felix rule → rendered rules for ``ctx.ip_version`` (empty if it does not apply)."""
     v = ctx.ip_version
+    # Only the fields that are set: a typical rule sets three or four of its ~40 fields, and
+    # reading them once is the difference on a 100k-rule program.
+    f = {fd.name: val for fd, val in r.ListFields()}
+    get = f.get
     if r.ip_version and r.ip_version != v:
         return []
-    if (r.WhichOneof("icmp") or r.WhichOneof("not_icmp")) and r.HasField("protocol") \
-            and _icmp_version(_protocol(r.protocol)) not in (0, v):
+    proto = _protocol(f["protocol"]) if "protocol" in f else None
+    if ("icmp_type" in f or "icmp_type_code" in f or "not_icmp_type" in f
+            or "not_icmp_type_code" in f) and _icmp_version(proto) not in (0, v):
         # An ICMP type match for the other family cannot load (-p icmp -m icmp6) and could
         # never match; Calico's validation pairs icmp with IPv4 and icmpv6 with IPv6.
         return []
-    src_net, drop = _filter_nets(r.src_net, v, False)
-    if drop:
-        return []
-    not_src_net, drop = _filter_nets(r.not_src_net, v, True)
-    if drop:
-        return []
-    dst_net, drop = _filter_nets(r.dst_net, v, False)
-    if drop:
-        return []
-    not_dst_net, drop = _filter_nets(r.not_dst_net, v, True)
-    if drop:
-        return []
+    src_net: list[str] = []
+    not_src_net: list[str] = []
+    dst_net: list[str] = []
+    not_dst_net: list[str] = []
+    if "src_net" in f:
+        src_net, drop = _filter_nets(f["src_net"], v, False)
+        if drop:
+            return []
+    if "not_src_net" in f:
+        not_src_net, drop = _filter_nets(f["not_src_net"], v, True)
+        if drop:
+            return []
+    if "dst_net" in f:
+        dst_net, drop = _filter_nets(f["dst_net"], v, False)
+        if drop:
+            return []
+    if "not_dst_net" in f:
+        not_dst_net, drop = _filter_nets(f["not_dst_net"], v, True)
+        if drop:
+            return []
 
-    proto = _protocol(r.protocol) if r.HasField("protocol") else None
+    set_name = ctx.set_name
     blocks = _Blocks(ctx)
-    src_ports = _ranges(r.src_ports)
-    src_named = list(r.src_named_port_ip_set_ids)
-    splits = split_ports(src_ports)
-    if len(splits) + len(src_named) > 1:
-        blocks.ports(proto, splits, src_named, "s", ctx)
-        src_ports, src_named = [], []
-    dst_ports = _ranges(r.dst_ports)
-    dst_named = list(r.dst_named_port_ip_set_ids)
-    splits = split_ports(dst_ports)
-    if len(splits) + len(dst_named) > 1:
-        blocks.ports(proto, splits, dst_named, "d", ctx)
-        dst_ports, dst_named = [], []
+    src_ports = _ranges(f["src_ports"]) if "src_ports" in f else []
+    src_named = list(get("src_named_port_ip_set_ids", ()))
+    if src_ports or src_named:
+        splits = split_ports(src_ports)
+        if len(splits) + len(src_named) > 1:
+            blocks.ports(proto, splits, src_named, "s", ctx)
+            src_ports, src_named = [], []
+    dst_ports = _ranges(f["dst_ports"]) if "dst_ports" in f else []
+    dst_named = list(get("dst_named_port_ip_set_ids", ()))
+    if dst_ports or dst_named:
+        splits = split_ports(dst_ports)
+        if len(splits) + len(dst_named) > 1:
+            blocks.ports(proto, splits, dst_named, "d", ctx)
+            dst_ports, dst_named = [], []
     if len(src_net) > 1:
         blocks.cidrs(src_net, "src")
         src_net = []
@@ -213,44 +228,55 @@ def rule_to_rules(r: fb.Rule, ctx: Context, log_pfx: str) -> list[Rule]:
         m.append(("proto", proto))
     if src_net:
         m.append(("src_net", src_net[0]))
-    m.extend(("src_set", ctx.set_name(i)) for i in r.src_ip_set_ids)
+    if "src_ip_set_ids" in f:
+        m.extend(("src_set", set_name(i)) for i in f["src_ip_set_ids"])
     if src_ports:
         m.append(("sports", tuple(src_ports)))
-    m.extend(("src_ipport_set", ctx.set_name(i)) for i in src_named)
+    if src_named:
+        m.append(("src_ipport_set", set_name(src_named[0])))
     if dst_net:
         m.append(("dst_net", dst_net[0]))
-    m.extend(("dst_set", ctx.set_name(i)) for i in r.dst_ip_set_ids)
-    m.extend(("dst_ipport_set", ctx.set_name(i)) for i in r.dst_ip_port_set_ids)
+    if "dst_ip_set_ids" in f:
+        m.extend(("dst_set", set_name(i)) for i in f["dst_ip_set_ids"])
+    if "dst_ip_port_set_ids" in f:
+        m.extend(("dst_ipport_set", set_name(i)) for i in f["dst_ip_port_set_ids"])
     if dst_ports:
         m.append(("dports", tuple(dst_ports)))
-    m.extend(("dst_ipport_set", ctx.set_name(i)) for i in dst_named)
+    if dst_named:
+        m.append(("dst_ipport_set", set_name(dst_named[0])))
     icmp_kind = "icmp" if v == 4 else "icmp6"
-    which = r.WhichOneof("icmp")
-    if which == "icmp_type_code":
-        m.append((icmp_kind, r.icmp_type_code.type, r.icmp_type_code.code))
-    elif which == "icmp_type":
-        m.append((icmp_kind, r.icmp_type, None))
-    if r.HasField("not_protocol"):
-        np_ = _protocol(r.not_protocol)
+    if "icmp_type_code" in f:
+        m.append((icmp_kind, f["icmp_type_code"].type, f["icmp_type_code"].code))
+    elif "icmp_type" in f:
+        m.append((icmp_kind, f["icmp_type"], None))
+    if "not_protocol" in f:
+        np_ = _protocol(f["not_protocol"])
         if np_ is not None:
             m.append(("!proto", np_))
     if not_src_net:
         m.append(("!src_net", not_src_net[0]))
-    m.extend(("!src_set", ctx.set_name(i)) for i in r.not_src_ip_set_ids)
-    for split in split_ports(_ranges(r.not_src_ports)):
-        m.append(("!sports", split))
-    m.extend(("!src_ipport_set", ctx.set_name(i)) for i in r.not_src_named_port_ip_set_ids)
+    if "not_src_ip_set_ids" in f:
+        m.extend(("!src_set", set_name(i)) for i in f["not_src_ip_set_ids"])
+    if "not_src_ports" in f:
+        for split in split_ports(_ranges(f["not_src_ports"])):
+            m.append(("!sports", split))
+    if "not_src_named_port_ip_set_ids" in f:
+        m.extend(("!src_ipport_set", set_name(i))
+                 for i in f["not_src_named_port_ip_set_ids"])
     if not_dst_net:
         m.append(("!dst_net", not_dst_net[0]))
-    m.extend(("!dst_set", ctx.set_name(i)) for i in r.not_dst_ip_set_ids)
-    for split in split_ports(_ranges(r.not_dst_ports)):
-        m.append(("!dports", split))
-    m.extend(("!dst_ipport_set", ctx.set_name(i)) for i in r.not_dst_named_port_ip_set_ids)
-    not_which = r.WhichOneof("not_icmp")
-    if not_which == "not_icmp_type_code":
-        m.append(("!" + icmp_kind, r.not_icmp_type_code.type, r.not_icmp_type_code.code))
-    elif not_which == "not_icmp_type":
-        m.append(("!" + icmp_kind, r.not_icmp_type, None))
+    if "not_dst_ip_set_ids" in f:
+        m.extend(("!dst_set", set_name(i)) for i in f["not_dst_ip_set_ids"])
+    if "not_dst_ports" in f:
+        for split in split_ports(_ranges(f["not_dst_ports"])):
+            m.append(("!dports", split))
+    if "not_dst_named_port_ip_set_ids" in f:
+        m.extend(("!dst_ipport_set", set_name(i))
+                 for i in f["not_dst_named_port_ip_set_ids"])
+    if "not_icmp_type_code" in f:
+        m.append(("!" + icmp_kind, f["not_icmp_type_code"].type, f["not_icmp_type_code"].code))
+    elif "not_icmp_type" in f:
+        m.append(("!" + icmp_kind, f["not_icmp_type"], None))
     if blocks.used:
         m.append(("mark", blocks.all_pass, blocks.all_pass))
     match = tuple(m)
@@ -268,7 +294,7 @@ def rule_to_rules(r: fb.Rule, ctx: Context, log_pfx: str) -> list[Rule]:
         out.append(Rule((("mark", bit, bit),), then))
     else:
         raise ValueError(f"unknown rule action {r.action!r}")
-    annotations = r.metadata.annotations
+    annotations = f["metadata"].annotations if "metadata" in f else None
     if annotations:
         extra = tuple(f"{k}={annotations[k]}" for k in sorted(annotations))
         out = [x._replace(comment=x.comment + extra) for x in out]

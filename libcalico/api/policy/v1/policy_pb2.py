@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from libcalico.api.felix import felixbackend_pb2 as libcalico_dot_api_dot_felix_dot_felixbackend__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$libcalico/api/policy/v1/policy.proto\x12\x12\x63\x61licopy.policy.v1\x1a&libcalico/api/felix/felixbackend.proto\"\xda\x01\n\x0e\x43ompileRequest\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0c\n\x04node\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.felix.ToDataplane\x12\x0c\n\x04\x66ull\x18\x04 \x01(\x08\x12>\n\x06\x63onfig\x18\x05 \x03(\x0b\x32..calicopy.policy.v1.CompileRequest.ConfigEntry\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x05\x43hain\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05rules\x18\x02 \x03(\t\"\x84\x01\n\x0cTableChanges\x12\x12\n\nip_version\x18\x01 \x01(\r\x12\r\n\x05table\x18\x02 \x01(\t\x12)\n\x06\x63hains\x18\x03 \x03(\x0b\x32\x19.calicopy.policy.v1.Chain\x12\x0f\n\x07\x64\x65leted\x18\x04 \x03(\t\x12\x15\n\rrestore_input\x18\x05 \x01(\t\"^\n\nKernelHook\x12\x12\n\nip_version\x18\x01 \x01(\r\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\"\xef\x01\n\x0f\x43ompileResponse\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12\x32\n\x08iptables\x18\x03 \x03(\x0b\x32 .calicopy.policy.v1.TableChanges\x12\x15\n\ripset_restore\x18\x04 \x01(\t\x12\x15\n\ripset_destroy\x18\x05 \x01(\t\x12\x12\n\nnft_script\x18\x06 \x01(\t\x12-\n\x05hooks\x18\x07 \x03(\x0b\x32\x1e.calicopy.policy.v1.KernelHook\x12\x10\n\x08warnings\x18\x08 \x03(\t2h\n\x0ePolicyCompiler\x12V\n\x07\x43ompile\x12\".calicopy.policy.v1.CompileRequest\x1a#.calicopy.policy.v1.CompileResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$libcalico/api/policy/v1/policy.proto\x12\x12\x63\x61licopy.policy.v1\x1a&libcalico/api/felix/felixbackend.proto\"\xeb\x01\n\x0e\x43ompileRequest\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0c\n\x04node\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.felix.ToDataplane\x12\x0c\n\x04\x66ull\x18\x04 \x01(\x08\x12>\n\x06\x63onfig\x18\x05 \x03(\x0b\x32..calicopy.policy.v1.CompileRequest.ConfigEntry\x12\x0f\n\x07\x66lavors\x18\x06 \x03(\t\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x05\x43hain\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05rules\x18\x02 \x03(\t\"\x84\x01\n\x0cTableChanges\x12\x12\n\nip_version\x18\x01 \x01(\r\x12\r\n\x05table\x18\x02 \x01(\t\x12)\n\x06\x63hains\x18\x03 \x03(\x0b\x32\x19.calicopy.policy.v1.Chain\x12\x0f\n\x07\x64\x65leted\x18\x04 \x03(\t\x12\x15\n\rrestore_input\x18\x05 \x01(\t\"^\n\nKernelHook\x12\x12\n\nip_version\x18\x01 \x01(\r\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05\x63hain\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\"\xef\x01\n\x0f\x43ompileResponse\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12\x32\n\x08iptables\x18\x03 \x03(\x0b\x32 .calicopy.policy.v1.TableChanges\x12\x15\n\ripset_restore\x18\x04 \x01(\t\x12\x15\n\ripset_destroy\x18\x05 \x01(\t\x12\x12\n\nnft_script\x18\x06 \x01(\t\x12-\n\x05hooks\x18\x07 \x03(\x0b\x32\x1e.calicopy.policy.v1.KernelHook\x12\x10\n\x08warnings\x18\x08 \x03(\t2h\n\x0ePolicyCompiler\x12V\n\x07\x43ompile\x12\".calicopy.policy.v1.CompileRequest\x1a#.calicopy.policy.v1.CompileResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPILEREQUEST_CONFIGENTRY']._loaded_options = None
   _globals['_COMPILEREQUEST_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_COMPILEREQUEST']._serialized_start=101
-  _globals['_COMPILEREQUEST']._serialized_end=319
-  _globals['_COMPILEREQUEST_CONFIGENTRY']._serialized_start=274
-  _globals['_COMPILEREQUEST_CONFIGENTRY']._serialized_end=319
-  _globals['_CHAIN']._serialized_start=321
-  _globals['_CHAIN']._serialized_end=357
-  _globals['_TABLECHANGES']._serialized_start=360
-  _globals['_TABLECHANGES']._serialized_end=492
-  _globals['_KERNELHOOK']._serialized_start=494
-  _globals['_KERNELHOOK']._serialized_end=588
-  _globals['_COMPILERESPONSE']._serialized_start=591
-  _globals['_COMPILERESPONSE']._serialized_end=830
-  _globals['_POLICYCOMPILER']._serialized_start=832
-  _globals['_POLICYCOMPILER']._serialized_end=936
+  _globals['_COMPILEREQUEST']._serialized_end=336
+  _globals['_COMPILEREQUEST_CONFIGENTRY']._serialized_start=291
+  _globals['_COMPILEREQUEST_CONFIGENTRY']._serialized_end=336
+  _globals['_CHAIN']._serialized_start=338
+  _globals['_CHAIN']._serialized_end=374
+  _globals['_TABLECHANGES']._serialized_start=377
+  _globals['_TABLECHANGES']._serialized_end=509
+  _globals['_KERNELHOOK']._serialized_start=511
+  _globals['_KERNELHOOK']._serialized_end=605
+  _globals['_COMPILERESPONSE']._serialized_start=608
+  _globals['_COMPILERESPONSE']._serialized_end=847
+  _globals['_POLICYCOMPILER']._serialized_start=849
+  _globals['_POLICYCOMPILER']._serialized_end=953
 # @@protoc_insertion_point(module_scope)

@@ -53,6 +53,7 @@ class CompileRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     FULL_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    FLAVORS_FIELD_NUMBER: _builtins.int
     sequence_number: _builtins.int
     node: _builtins.str
     """The node the messages are for (logs and metrics only)."""
@@ -66,6 +67,12 @@ class CompileRequest(_message.Message):
     def config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Felix parameters applied before the first batch (a ConfigUpdate in messages overrides)."""
 
+    @_builtins.property
+    def flavors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Renderings to produce for this stream: "iptables" (with ipset), "nft"; empty = both.
+        Read from the first request of a stream.
+        """
+
     def __init__(
         self,
         *,
@@ -74,10 +81,11 @@ class CompileRequest(_message.Message):
         messages: _abc.Iterable[_felixbackend_pb2.ToDataplane] | None = ...,
         full: _builtins.bool = ...,
         config: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        flavors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "full", b"full", "messages", b"messages", "node", b"node", "sequence_number", b"sequence_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "flavors", b"flavors", "full", b"full", "messages", b"messages", "node", b"node", "sequence_number", b"sequence_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
