@@ -6,6 +6,14 @@ because the service needs what those wrappers hide: ranges at a given revision, 
 responses with ``prev_kv``, and watch progress notifications (the header revision of an empty
 watch response), which are how BOOKMARK events know a revision the stream has caught up to.
 
+Group commit: single-key reads and transactions go through a ``_Batcher`` each. While one
+batch is in flight, the requests that arrive queue up and then go out as *one* etcd request —
+reads as one read-only transaction of ranges, transactions as nested transactions of one outer
+transaction (each keeps its own compares and branches; those that write share one revision).
+A lone request is sent at once; only concurrency is amortised. In grpc.aio an etcd round trip
+costs the service more CPU than most requests' own work, so this is what lets throughput grow
+with concurrent clients.
+
 Failure handling, the "retry for the environment" half of the style guide:
 
 - The channel reconnects with a short backoff (0.1 s to 1 s), so a restarted etcd is found
@@ -21,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from aetcd import rpc
@@ -158,6 +167,109 @@ def _target(endpoints: Sequence[str]) -> str:
     return f"{host}:{port}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Txn:
+    compares: tuple[Compare, ...]
+    success: tuple[Op, ...]
+    failure: tuple[Op, ...]
+
+    def keys(self) -> set[str]:
+        return {c.key for c in self.compares} | {op.key for op in self.success + self.failure}
+
+    def size(self) -> int:
+        return sum(len(op.value) + len(op.key) for op in self.success if isinstance(op, Put))
+
+
+_Req = TypeVar("_Req")
+_Res = TypeVar("_Res")
+
+
+class _Batcher(Generic[_Req, _Res]):
+    """Group commit: requests that arrive while a batch is in flight go out together next.
+
+    There is no timer: the first request is sent at once, and whatever queued up behind it is
+    sent as one batch when it returns, so a lone caller sees no added latency while concurrent
+    callers share round trips (each etcd round trip costs the service ~0.2 ms of CPU in
+    grpc.aio, more than the work of most requests). A batch holds at most ``max_batch``
+    requests and ``max_bytes`` of values, and no two requests touching the same key: one that
+    would is held for a later batch, so requests on one key are applied in arrival order.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[_Req]], Awaitable[list[_Res]]],
+        *,
+        keys: Callable[[_Req], set[str]],
+        size: Callable[[_Req], int] = lambda _: 0,
+        max_batch: int = 64,
+        max_bytes: int = 512 * 1024,
+    ) -> None:
+        self._flush = flush
+        self._keys = keys
+        self._size = size
+        self.max_batch = max_batch
+        self.max_bytes = max_bytes
+        self._queue: deque[tuple[_Req, asyncio.Future[_Res]]] = deque()
+        self._running = False
+        self.batches = 0
+        self.requests = 0
+
+    async def submit(self, request: _Req) -> _Res:
+        future: asyncio.Future[_Res] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    def _take(self) -> list[tuple[_Req, asyncio.Future[_Res]]]:
+        batch: list[tuple[_Req, asyncio.Future[_Res]]] = []
+        held: list[tuple[_Req, asyncio.Future[_Res]]] = []
+        seen: set[str] = set()
+        size = 0
+        while self._queue and len(batch) < self.max_batch:
+            request, future = self._queue.popleft()
+            if future.done():  # the caller gave up before it was sent
+                continue
+            keys = self._keys(request)
+            req_size = self._size(request)
+            if batch and (not seen.isdisjoint(keys) or size + req_size > self.max_bytes):
+                held.append((request, future))
+                continue
+            seen |= keys
+            size += req_size
+            batch.append((request, future))
+        self._queue.extendleft(reversed(held))
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._take()
+                if not batch:
+                    continue
+                self.batches += 1
+                self.requests += len(batch)
+                try:
+                    results = await self._flush([request for request, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._running = False
+
+    def fail_pending(self, exc: BaseException) -> None:
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+
 LatencyObserver = Callable[[str, float], None]
 
 
@@ -178,6 +290,12 @@ class Etcd:
         self._channel: Any = None
         self._kv: Any = None
         self._watch: Any = None
+        self._reads: _Batcher[str, tuple[KV | None, int]] = _Batcher(
+            self._flush_reads, keys=lambda key: {key}
+        )
+        self._writes: _Batcher[_Txn, TxnResult] = _Batcher(
+            self._flush_txns, keys=_Txn.keys, size=_Txn.size
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -189,6 +307,9 @@ class Etcd:
         self._watch = rpc.WatchStub(self._channel)
 
     async def close(self) -> None:
+        closed = UnavailableError("the etcd connection is closed")
+        self._reads.fail_pending(closed)
+        self._writes.fail_pending(closed)
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.close()
@@ -237,11 +358,27 @@ class Etcd:
     # -- KV ------------------------------------------------------------------------------------
 
     async def get(self, key: str) -> tuple[KV | None, int]:
-        """The key (or ``None``) and the revision it was read at."""
-        request = rpc.RangeRequest(key=key.encode())
-        response = await self._call("range", "Range", request, retry=True)
-        kv = _kv(response.kvs[0]) if response.kvs else None
-        return kv, int(response.header.revision)
+        """The key (or ``None``) and the revision it was read at (batched, see ``_Batcher``)."""
+        return await self._reads.submit(key)
+
+    async def _flush_reads(self, keys: list[str]) -> list[tuple[KV | None, int]]:
+        if len(keys) == 1:
+            response = await self._call(
+                "range", "Range", rpc.RangeRequest(key=keys[0].encode()), retry=True
+            )
+            kv = _kv(response.kvs[0]) if response.kvs else None
+            return [(kv, int(response.header.revision))]
+        # Several reads in one read-only transaction: one round trip, one revision.
+        request = rpc.TxnRequest(
+            success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode())) for k in keys]
+        )
+        response = await self._call("range", "Txn", request, retry=True)
+        revision = int(response.header.revision)
+        out: list[tuple[KV | None, int]] = []
+        for resp in response.responses:
+            kvs = resp.response_range.kvs
+            out.append((_kv(kvs[0]) if kvs else None, revision))
+        return out
 
     async def get_prefix(
         self, prefix: str, *, keys_only: bool = False, revision: int = 0
@@ -269,14 +406,9 @@ class Etcd:
             )
         return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key.encode()))
 
-    async def txn(
-        self,
-        compares: Sequence[Compare],
-        success: Sequence[Op],
-        failure: Sequence[Op] = (),
-    ) -> TxnResult:
-        """One etcd transaction; see ``TxnResult`` for what comes back per op."""
-        request = rpc.TxnRequest(
+    @classmethod
+    def _txn_request(cls, txn: _Txn) -> Any:
+        return rpc.TxnRequest(
             compare=[
                 rpc.Compare(
                     key=c.key.encode(),
@@ -284,12 +416,14 @@ class Etcd:
                     result=_OPS[c.op],
                     **{f"{c.target}_revision" if c.target != "version" else "version": c.value},
                 )
-                for c in compares
+                for c in txn.compares
             ],
-            success=[self._request_op(op) for op in success],
-            failure=[self._request_op(op) for op in failure],
+            success=[cls._request_op(op) for op in txn.success],
+            failure=[cls._request_op(op) for op in txn.failure],
         )
-        response = await self._call("txn", "Txn", request, retry=False)
+
+    @staticmethod
+    def _txn_result(response: Any, revision: int) -> TxnResult:
         results: list[KV | None] = []
         for resp in response.responses:
             which = resp.WhichOneof("response")
@@ -301,7 +435,32 @@ class Etcd:
                 results.append(_kv(prev[0]) if prev else None)
             else:
                 results.append(None)
-        return TxnResult(bool(response.succeeded), int(response.header.revision), results)
+        return TxnResult(bool(response.succeeded), revision, results)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """One etcd transaction; see ``TxnResult`` for what comes back per op.
+
+        Transactions submitted while another is in flight are committed together (see
+        ``_Batcher``), each as a nested transaction of one outer transaction: each keeps its
+        own compares and branch, and the ones that write share one etcd revision.
+        """
+        return await self._writes.submit(_Txn(tuple(compares), tuple(success), tuple(failure)))
+
+    async def _flush_txns(self, txns: list[_Txn]) -> list[TxnResult]:
+        if len(txns) == 1:
+            response = await self._call("txn", "Txn", self._txn_request(txns[0]), retry=False)
+            return [self._txn_result(response, int(response.header.revision))]
+        request = rpc.TxnRequest(
+            success=[rpc.RequestOp(request_txn=self._txn_request(t)) for t in txns]
+        )
+        response = await self._call("txn", "Txn", request, retry=False)
+        revision = int(response.header.revision)
+        return [self._txn_result(r.response_txn, revision) for r in response.responses]
 
     # -- watch ---------------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ Rules this module keeps:
   handles, Felix status. Resources are only written validated, through the typed API.
 
 Trace context per revision: each write remembers the caller's W3C ``traceparent`` against the
-etcd revision the write produced, in a bounded in-memory map (``RevisionTraces``). The watch
-attaches it to the event of that revision, so the calc graph continues the trace of the
+etcd revision (and key) the write produced, in a bounded in-memory map (``RevisionTraces``).
+The watch attaches it to the event of that revision, so the calc graph continues the trace of the
 ``calicoctl apply`` that caused it. The map is per process and lossy by design: writes made by
 another datastore replica or straight into etcd, or older than the map's capacity, have no
 traceparent (an empty string). Storing the trace in etcd instead would put non-Calico data
@@ -133,32 +133,35 @@ class KVTxnOutcome:
 
 
 class RevisionTraces:
-    """W3C traceparent per etcd revision, for the last ``capacity`` traced writes.
+    """W3C traceparent per written (etcd revision, key), for the last ``capacity`` writes.
+
+    Keyed by revision *and* key because concurrent writes are committed together and share
+    one revision (see ``etcd._Batcher``).
 
     The watch can see a write's event before the writer has its transaction's response (and
     so its revision). Writers therefore check in (``begin``) before the transaction and out
-    (``end``) after it; ``settle(revision)`` waits — only when a write of this process is in
-    flight, and at most ``settle_timeout`` — until every write in flight at that moment has
+    (``end``) after it; ``settle(revision, key)`` waits — only when a write of this process is
+    in flight, and at most ``settle_timeout`` — until every write in flight at that moment has
     checked out, so the traceparent of a revision this process wrote is never missed.
     """
 
     def __init__(self, capacity: int = 10_000, *, settle_timeout: float = 0.5) -> None:
         self.capacity = capacity
         self.settle_timeout = settle_timeout
-        self._by_revision: OrderedDict[int, str] = OrderedDict()
+        self._traces: OrderedDict[tuple[int, str], str] = OrderedDict()
         self._active: set[int] = set()
         self._tickets = 0
         self._changed: asyncio.Event | None = None
 
-    def record(self, revision: int, traceparent: str) -> None:
+    def record(self, revision: int, key: str, traceparent: str) -> None:
         if not traceparent or revision <= 0:
             return
-        self._by_revision[revision] = traceparent
-        while len(self._by_revision) > self.capacity:
-            self._by_revision.popitem(last=False)
+        self._traces[(revision, key)] = traceparent
+        while len(self._traces) > self.capacity:
+            self._traces.popitem(last=False)
 
-    def get(self, revision: int) -> str:
-        return self._by_revision.get(revision, "")
+    def get(self, revision: int, key: str) -> str:
+        return self._traces.get((revision, key), "")
 
     def begin(self) -> int:
         """A write is about to be sent; returns its ticket for ``end``."""
@@ -166,22 +169,24 @@ class RevisionTraces:
         self._active.add(self._tickets)
         return self._tickets
 
-    def end(self, ticket: int, revision: int, traceparent: str) -> None:
+    def end(self, ticket: int, revision: int, keys: Sequence[str], traceparent: str) -> None:
         """The write with ``ticket`` finished at ``revision`` (0 if it wrote nothing)."""
-        self.record(revision, traceparent)
+        for key in keys:
+            self.record(revision, key, traceparent)
         self._active.discard(ticket)
         if self._changed is not None:
             self._changed.set()
             self._changed = None
 
-    async def settle(self, revision: int) -> str:
-        """The traceparent of ``revision``, waiting for this process's writes in flight."""
-        found = self._by_revision.get(revision)
+    async def settle(self, revision: int, key: str) -> str:
+        """The traceparent of ``key`` at ``revision``, waiting for this process's writes in
+        flight."""
+        found = self._traces.get((revision, key))
         if found is not None or not self._active:
             return found or ""
         waiting = set(self._active)
         deadline = time.monotonic() + self.settle_timeout
-        while not waiting.isdisjoint(self._active) and revision not in self._by_revision:
+        while not waiting.isdisjoint(self._active) and (revision, key) not in self._traces:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -191,10 +196,10 @@ class RevisionTraces:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 break
-        return self._by_revision.get(revision, "")
+        return self._traces.get((revision, key), "")
 
     def __len__(self) -> int:
-        return len(self._by_revision)
+        return len(self._traces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,13 +322,14 @@ class Store:
         traceparent = self._traceparent()
         ticket = self.traces.begin()
         revision = 0
+        written = [op.key for op in success if isinstance(op, Put | Delete)]
         try:
             result = await self.etcd.txn(compares, success, failure)
-            if result.succeeded and any(isinstance(op, Put | Delete) for op in success):
+            if result.succeeded:
                 revision = result.revision
             return result
         finally:
-            self.traces.end(ticket, revision, traceparent)
+            self.traces.end(ticket, revision, written, traceparent)
 
     @staticmethod
     def _written(ident: _Ident, revision: int, raw: bytes) -> StoredResource:

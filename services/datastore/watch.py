@@ -146,7 +146,7 @@ class Watcher:
             etype = EventType.ADDED
         else:
             etype = EventType.MODIFIED
-        traceparent = await self.store.traces.settle(revision)
+        traceparent = await self.store.traces.settle(revision, key)
         if ident is None:
             kv = shown if shown is not None else KV(key, b"", 0, 0)
             return WatchEvent(etype, revision, key, kv=kv, traceparent=traceparent)

@@ -239,3 +239,23 @@ async def test_kv_compare_and_swap(datastore_client: DatastoreClient) -> None:
     assert names[0].value == b""
     with pytest.raises(ValidationError, match="resources"):
         await c.kv_txn([], [KVOp.put(RES + "ippools/x", "{}")])
+
+
+async def test_concurrent_writes_are_committed_together_and_fail_alone(
+    datastore_client: DatastoreClient, etcd_client: aetcd.Client
+) -> None:
+    c = datastore_client
+    await c.create(ippool("taken", "10.99.0.0/16"))
+    attempts = [c.create(ippool(f"p{i}", f"10.{100 + i}.0.0/16")) for i in range(20)]
+    attempts.append(c.create(ippool("taken", "10.98.0.0/16")))
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    created = [r for r in results if isinstance(r, dict)]
+    assert len(created) == 20
+    assert isinstance(results[-1], AlreadyExistsError)
+    revisions = {r["metadata"]["resourceVersion"] for r in created}
+    assert len(revisions) < 20  # group commit: some creates shared an etcd revision
+    for r in created:  # ...and each resourceVersion is still its key's mod revision
+        raw = await etcd_client.get((RES + "ippools/" + r["metadata"]["name"]).encode())
+        assert raw is not None and str(raw.mod_revision) == r["metadata"]["resourceVersion"]
+    taken = await c.get("IPPool", "taken")
+    assert taken["spec"]["cidr"] == "10.99.0.0/16"

@@ -332,8 +332,9 @@ async def test_writes_remember_their_traceparent(etcd: FakeEtcd) -> None:
     a = await store.create(ippool("a"))
     b = await store.create(ippool("b", "10.66.0.0/16"))
     c = await store.kv_txn([], [KVWrite("/calico/ipam/v2/x", b"{}")])
-    assert traces.get(b.revision) == tp and traces.get(c.revision) == tp
-    assert traces.get(a.revision) == ""  # evicted: the map is bounded
+    assert traces.get(b.revision, POOL_KEY.replace("pool-a", "b")) == tp
+    assert traces.get(c.revision, "/calico/ipam/v2/x") == tp
+    assert traces.get(a.revision, POOL_KEY.replace("pool-a", "a")) == ""  # evicted: bounded
     assert len(traces) == 2
 
 

@@ -62,9 +62,9 @@ def _watcher() -> tuple[Watcher, RevisionTraces]:
 
 async def test_event_types_and_deleted_carries_last_value() -> None:
     watcher, traces = _watcher()
-    traces.record(7, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    flt = make_filter(["NetworkPolicy"], ["/calico/ipam/v2/"])
     key = RES + "networkpolicies/ns1/p"
+    traces.record(7, key, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    flt = make_filter(["NetworkPolicy"], ["/calico/ipam/v2/"])
     added = await watcher._event(flt, RawEvent(False, KV(key, b"{}", 5, 5), None))
     modified = await watcher._event(flt, RawEvent(False, KV(key, b'{"a":1}', 6, 5), None))
     deleted = await watcher._event(
@@ -90,25 +90,27 @@ async def test_event_types_and_deleted_carries_last_value() -> None:
 
 def test_revision_traces_ignore_empty_and_keep_the_newest() -> None:
     traces = RevisionTraces(capacity=3)
-    traces.record(1, "")
+    traces.record(1, "/k", "")
     for rev in range(2, 8):
-        traces.record(rev, f"tp{rev}")
+        traces.record(rev, "/k", f"tp{rev}")
+    traces.record(7, "/other", "tp7-other")  # one revision, two writers
     assert len(traces) == 3
-    assert traces.get(1) == "" and traces.get(4) == "" and traces.get(7) == "tp7"
+    assert traces.get(1, "/k") == "" and traces.get(4, "/k") == ""
+    assert traces.get(7, "/k") == "tp7" and traces.get(7, "/other") == "tp7-other"
 
 
 async def test_settle_waits_for_this_process_writes_in_flight() -> None:
     traces = RevisionTraces()
     ticket = traces.begin()
-    waiter = asyncio.get_running_loop().create_task(traces.settle(5))
+    waiter = asyncio.get_running_loop().create_task(traces.settle(5, "/k"))
     await asyncio.sleep(0)
     assert not waiter.done()  # the event came before the writer saw its revision
-    traces.end(ticket, 5, "tp5")
+    traces.end(ticket, 5, ["/k"], "tp5")
     assert await asyncio.wait_for(waiter, 1) == "tp5"
-    assert await asyncio.wait_for(traces.settle(6), 1) == ""  # nothing in flight: no wait
+    assert await asyncio.wait_for(traces.settle(6, "/k"), 1) == ""  # nothing in flight
 
 
 async def test_settle_is_bounded() -> None:
     traces = RevisionTraces(settle_timeout=0.05)
     traces.begin()  # a write that never finishes
-    assert await asyncio.wait_for(traces.settle(5), 1) == ""
+    assert await asyncio.wait_for(traces.settle(5, "/k"), 1) == ""
