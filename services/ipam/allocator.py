@@ -275,6 +275,7 @@ class Allocator:
         self._affinity: dict[tuple[str, int], dict[Network, tuple[str, int]]] = {}
         self._handles: OrderedDict[str, tuple[Handle | None, int]] = OrderedDict()
         self._node_locks: dict[str, asyncio.Lock] = {}
+        self._key_cidrs: dict[str, Network] = {}
         self.stats = {"txns": 0, "conflicts": 0, "reads": 0}
 
     # -- cache plumbing ------------------------------------------------------------------------
@@ -387,8 +388,15 @@ class Allocator:
         kvs, _ = await self.kv.list(keys.block_prefix(version))
         listed: dict[Network, tuple[Block, int]] = {}
         for kv in kvs:
-            cidr = keys.parse_block_key(kv.key)
+            cidr = self._key_cidrs.get(kv.key)
             if cidr is None:
+                cidr = keys.parse_block_key(kv.key)
+                if cidr is None:
+                    continue
+                self._key_cidrs[kv.key] = cidr
+            cached = self._blocks.get(cidr)
+            if cached is not None and cached[1] == kv.mod_revision:
+                listed[cidr] = cached  # unchanged since we last saw it: no need to parse
                 continue
             try:
                 listed[cidr] = (Block.from_json(kv.value), kv.mod_revision)
@@ -634,9 +642,13 @@ class Allocator:
         for cidr in sorted(affine, key=lambda c: int(c.network_address)):
             if rem <= 0:
                 break
+            cached = self._blocks.get(cidr)
+            if cached is not None and (not cached[0].unallocated or cached[0].host != node):
+                continue  # full (the common case for all but one block), or not ours any more
             if not self._in_pools(cidr, pools) or reservations.covers(cidr):
                 continue
-            cached = await self._block(cidr)
+            if cached is None:
+                cached = await self._block(cidr)
             if cached is None:
                 continue  # an affinity without its block: the claim step creates it
             block, rev = cached

@@ -48,6 +48,8 @@ ATTR_NAMESPACE = "namespace"
 ATTR_TYPE = "type"
 ATTR_TIMESTAMP = "timestamp"
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per dumps() call
+
 _BLOCK_FIELDS = (
     "cidr",
     "affinity",
@@ -177,7 +179,7 @@ class Block:
         return out
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return _ENCODER.encode(self.to_dict()).encode()
 
     def copy(self) -> Block:
         return Block(
@@ -412,7 +414,7 @@ class Handle:
     def to_json(self) -> bytes:
         out: dict[str, Any] = {"block": self.blocks, "deleted": self.deleted}
         out.update(self.extra)
-        return json.dumps(out, separators=(",", ":")).encode()
+        return _ENCODER.encode(out).encode()
 
     def copy(self) -> Handle:
         return Handle(dict(self.blocks), self.deleted, dict(self.extra))

@@ -1,0 +1,311 @@
+"""IPAM allocation rate through the service vs raw etcd read+CAS, in the same run.
+
+    python bench/ipam.py [--sequential 2000] [--concurrent 4000] [--inflight 32]
+                         [--raw 2000] [--rounds 2] [--plugin 20] [--json]
+
+What it does:
+
+1. starts its own etcd (free ports, temp dir), ``calico-datastore`` and two
+   ``calico-ipam-service`` processes on unix sockets: one reaching etcd through the datastore
+   service (the deployed shape) and one with ``etcd_endpoints`` (straight to etcd), and
+   creates one IPv4 pool (a /12 of /26 blocks) through the datastore;
+2. **floor**: raw etcd *read + compare-and-swap* pairs on block-sized JSON values (a Range,
+   then a Txn comparing the mod revision and putting the value back: Calico's IPAM write
+   shape) from this process, sequentially and with ``--inflight`` pairs in flight;
+3. **service**: AutoAssign RPCs of one IPv4 address each under fresh handles, one at a time
+   (``--sequential``) over 4 nodes and ``--inflight`` at a time (``--concurrent``) over 8
+   nodes, for each of the two services; every call's latency is kept for p50/p99. Each round
+   uses new node names, so block claims (a new block every 64 addresses per node) are part of
+   the cost as they would be;
+4. **plugin**: ``--plugin`` runs of the ``calico-ipam`` binary (ADD, cniVersion 1.0.0) one
+   after another against the datastore-backed service: wall time per process;
+5. prints a table, or one JSON object with ``--json``. ``ratio`` = service allocations/s ÷
+   raw read+CAS pairs/s (target: sequential ≥ 0.5).
+
+Phases alternate for ``--rounds`` rounds after a warm-up; the best round of each counts.
+Everything started is stopped and the temp dir removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+
+from libcalico.api.ipam.v1 import ipam_pb2 as pb
+from libcalico.api.ipam.v1 import ipam_pb2_grpc as pb_grpc
+from libcalico.client import DatastoreClient
+from libcalico.etcd_server import EtcdServer
+from libcalico.testing.datastore import DatastoreProcess
+from services.ipam.blocks import Block
+from services.ipam.kvstore import EtcdKVStore, Put
+from services.ipam.testing import IPAMProcess
+
+TARGET_RATIO = 0.5
+POOL_CIDR = "10.64.0.0/12"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+async def timed_workers(
+    count: int, inflight: int, work: Callable[[int], Awaitable[None]]
+) -> tuple[float, list[float]]:
+    """Seconds for ``work(i)`` over ``range(count)`` by ``inflight`` workers, and latencies."""
+    next_index = iter(range(count))
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for i in next_index:
+            t0 = time.perf_counter()
+            await work(i)
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return time.perf_counter() - start, latencies
+
+
+# -- floor ---------------------------------------------------------------------------------------
+
+
+def block_value(i: int) -> bytes:
+    block = Block.new(__import__("ipaddress").ip_network(f"10.0.{i % 256}.0/26"), f"node-{i}")
+    block.auto_assign(8, f"k8s-pod-network.{i}", {"node": f"node-{i}", "timestamp": "x"})
+    return block.to_json()
+
+
+async def raw_round(
+    kv: EtcdKVStore, tag: str, count: int, inflight: int
+) -> tuple[float, list[float]]:
+    value = block_value(1)
+    nkeys = max(inflight, 1) * 4
+    for k in range(nkeys):
+        await kv.txn([], [Put(f"/bench/raw/{tag}/{k}", value)])
+
+    async def pair(i: int) -> None:
+        key = f"/bench/raw/{tag}/{i % nkeys}"
+        for _ in range(100):
+            cur = await kv.get(key)
+            assert cur is not None
+            res = await kv.txn([(key, cur.mod_revision)], [Put(key, value)])
+            if res.succeeded:
+                return
+        raise RuntimeError("raw CAS kept failing")
+
+    return await timed_workers(count, inflight, pair)
+
+
+# -- service -------------------------------------------------------------------------------------
+
+
+async def service_round(
+    stub: pb_grpc.IPAMStub, tag: str, count: int, inflight: int, nodes: int
+) -> tuple[float, list[float]]:
+    async def alloc(i: int) -> None:
+        node = f"{tag}-n{i % nodes}"
+        resp = await stub.AutoAssign(
+            pb.AutoAssignRequest(
+                num4=1,
+                handle_id=f"k8s-pod-network.{tag}-{i}",
+                node=node,
+                attributes={"node": node, "timestamp": "bench"},
+            ),
+            timeout=30,
+        )
+        assert len(resp.ipv4) == 1
+
+    return await timed_workers(count, inflight, alloc)
+
+
+def plugin_runs(target: str, count: int) -> list[float]:
+    binary = str(Path(sys.executable).with_name("calico-ipam"))
+    conf = json.dumps(
+        {"cniVersion": "1.0.0", "name": "k8s-pod-network", "nodename": "plugin-node",
+         "ipam": {"type": "calico-ipam"}}
+    ).encode()
+    out: list[float] = []
+    for i in range(count):
+        env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"plugin{i}",
+               "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": "eth0",
+               "CALICO_IPAM_ENDPOINT": target}
+        t0 = time.perf_counter()
+        proc = subprocess.run([binary], input=conf, env=env, capture_output=True, check=False)
+        out.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"calico-ipam failed: {proc.stdout!r} {proc.stderr!r}")
+    return out
+
+
+def summarise(count: int, seconds: float, lat: list[float]) -> dict[str, float]:
+    return {
+        "per_s": round(count / seconds, 1),
+        "p50_ms": round(1000 * pct(lat, 0.5), 3),
+        "p99_ms": round(1000 * pct(lat, 0.99), 3),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="calico-bench-ipam-", dir="/tmp"))
+    etcd = EtcdServer(work / "etcd")
+    started: list[Any] = []
+    try:
+        etcd.start()
+        ds = DatastoreProcess([etcd.endpoint], work / "datastore.sock")
+        await ds.start()
+        started.append(ds)
+        services = {
+            "via-datastore": IPAMProcess(work / "ipam-ds.sock", datastore=ds.target),
+            "etcd-direct": IPAMProcess(work / "ipam-etcd.sock", etcd_endpoints=etcd.endpoint),
+        }
+        for svc in services.values():
+            await svc.start()
+            started.append(svc)
+        async with DatastoreClient(ds.target) as client:
+            await client.create(
+                {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                 "metadata": {"name": "bench"}, "spec": {"cidr": POOL_CIDR, "blockSize": 26}}
+            )
+        kv = EtcdKVStore.from_endpoint(etcd.endpoint)
+        channels = {name: grpc.aio.insecure_channel(svc.target) for name, svc in services.items()}
+        stubs = {name: pb_grpc.IPAMStub(ch) for name, ch in channels.items()}
+        best: dict[str, tuple[float, list[float]]] = {}
+
+        def keep(name: str, result: tuple[float, list[float]]) -> None:
+            if name not in best or result[0] < best[name][0]:
+                best[name] = result
+
+        try:
+            # Warm-up: connections, caches, JIT-free but import-heavy first calls.
+            await raw_round(kv, "warm", 200, 1)
+            for name, stub in stubs.items():
+                await service_round(stub, f"warm-{name}", 200, 4, 4)
+            for r in range(args.rounds):
+                keep("raw-seq", await raw_round(kv, f"s{r}", args.raw, 1))
+                keep("raw-conc", await raw_round(kv, f"c{r}", args.raw, args.inflight))
+                for name, stub in stubs.items():
+                    keep(f"{name}-seq",
+                         await service_round(stub, f"s{r}-{name}", args.sequential, 1, 4))
+                    keep(f"{name}-conc",
+                         await service_round(stub, f"c{r}-{name}", args.concurrent,
+                                             args.inflight, 8))
+            plugin = await asyncio.to_thread(
+                plugin_runs, services["via-datastore"].target, args.plugin
+            ) if args.plugin else []
+        finally:
+            for ch in channels.values():
+                await ch.close()
+            await kv.close()
+
+        counts = {"raw-seq": args.raw, "raw-conc": args.raw}
+        for name in services:
+            counts[f"{name}-seq"] = args.sequential
+            counts[f"{name}-conc"] = args.concurrent
+        rows = {name: summarise(counts[name], s, lat) for name, (s, lat) in best.items()}
+        raw_seq, raw_conc = rows["raw-seq"]["per_s"], rows["raw-conc"]["per_s"]
+        ratios = {}
+        for name in services:
+            ratios[f"{name}-seq"] = round(rows[f"{name}-seq"]["per_s"] / raw_seq, 3)
+            ratios[f"{name}-conc"] = round(rows[f"{name}-conc"]["per_s"] / raw_conc, 3)
+        return {
+            "sequential": args.sequential,
+            "concurrent": args.concurrent,
+            "inflight": args.inflight,
+            "raw_pairs": args.raw,
+            "rounds": args.rounds,
+            "results": rows,
+            "ratios": ratios,
+            "plugin_runs": len(plugin),
+            "plugin_p50_ms": round(1000 * statistics.median(plugin), 1) if plugin else None,
+            "plugin_p99_ms": round(1000 * pct(plugin, 0.99), 1) if plugin else None,
+            "target_ratio": TARGET_RATIO,
+            "meets_target": ratios["via-datastore-seq"] >= TARGET_RATIO,
+            "etcd_version": "3.4",
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        etcd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+LABELS = {
+    "raw-seq": "raw etcd read+CAS, sequential",
+    "raw-conc": "raw etcd read+CAS, {inflight} in flight",
+    "via-datastore-seq": "AutoAssign via datastore, sequential",
+    "via-datastore-conc": "AutoAssign via datastore, {inflight} in flight",
+    "etcd-direct-seq": "AutoAssign etcd-direct, sequential",
+    "etcd-direct-conc": "AutoAssign etcd-direct, {inflight} in flight",
+}
+
+
+def table(r: dict[str, Any]) -> str:
+    head = [("", "per s", "p50 ms", "p99 ms", "vs raw")]
+    rows = []
+    for key, label in LABELS.items():
+        res = r["results"][key]
+        ratio = r["ratios"].get(key)
+        rows.append((
+            label.format(inflight=r["inflight"]),
+            f"{res['per_s']:.0f}",
+            f"{res['p50_ms']:.2f}",
+            f"{res['p99_ms']:.2f}",
+            f"{ratio:.2f}" if ratio is not None else "",
+        ))
+    all_rows = head + rows
+    width = [max(len(row[i]) for row in all_rows) for i in range(5)]
+    lines = [
+        f"ipam bench: {r['sequential']} sequential / {r['concurrent']} concurrent allocations "
+        f"per round, {r['raw_pairs']} raw pairs, best of {r['rounds']} rounds, "
+        f"{r['cpus']} CPUs, etcd {r['etcd_version']}",
+        "",
+    ]
+    for row in all_rows:
+        lines.append(
+            row[0].ljust(width[0]) + "  "
+            + "  ".join(cell.rjust(w) for cell, w in zip(row[1:], width[1:], strict=True))
+        )
+    if r["plugin_runs"]:
+        lines += ["", f"calico-ipam ADD as a process ({r['plugin_runs']} runs): "
+                      f"p50 {r['plugin_p50_ms']:.0f} ms, p99 {r['plugin_p99_ms']:.0f} ms"]
+    verdict = "meets" if r["meets_target"] else "BELOW"
+    lines += ["", f"sequential via datastore / raw read+CAS: {r['ratios']['via-datastore-seq']:.2f}"
+                  f" ({verdict} target >= {TARGET_RATIO})"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--sequential", type=int, default=2000, help="allocations, one at a time")
+    parser.add_argument("--concurrent", type=int, default=4000, help="allocations in flight")
+    parser.add_argument("--inflight", type=int, default=32, help="concurrent requests")
+    parser.add_argument("--raw", type=int, default=2000, help="raw read+CAS pairs per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per phase")
+    parser.add_argument("--plugin", type=int, default=20, help="calico-ipam process runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    print(json.dumps(result) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
