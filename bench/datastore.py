@@ -1,0 +1,194 @@
+"""Datastore throughput: create+get through the service vs raw etcd puts, in the same run.
+
+    python bench/datastore.py [--count 2000] [--concurrency 16] [--json]
+
+What it does:
+
+1. starts its own etcd (free ports, data in a temp dir) and ``calico-datastore`` (the console
+   entry point, its own process) on a unix socket bound to it;
+2. **service**: ``--concurrency`` tasks over one ``DatastoreClient`` create ``--count`` IPPools
+   (validation, defaults, a create-if-absent etcd transaction) and get each one back — one
+   *pair* is one Create RPC plus one Get RPC;
+3. **floor**: the same number of raw aetcd puts of the same JSON at the same concurrency, on the
+   same etcd, from this process (no validation, no gRPC hop, no transaction);
+4. prints pairs/s, RPCs/s and puts/s, and ``ratio`` = service pairs/s ÷ raw puts/s (target
+   ≥ 0.5: a create+get through the service costs at most twice a bare etcd write).
+
+Each phase runs ``--rounds`` times alternately (service, floor, service, ...) after a warm-up
+and the best round of each counts, so a noisy neighbour on a 2-core machine hurts both alike.
+Everything it started is stopped and its temp dir removed, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aetcd
+
+from libcalico.client import DatastoreClient
+from libcalico.etcd_server import EtcdServer
+from libcalico.testing.datastore import DatastoreProcess
+
+TARGET_RATIO = 0.5
+
+
+def ippool(name: str, index: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "IPPool",
+        "metadata": {"name": name, "labels": {"bench": "datastore"}},
+        "spec": {
+            "cidr": f"10.{index // 256 % 256}.{index % 256}.0/24",
+            "blockSize": 26,
+            "ipipMode": "Never",
+            "vxlanMode": "CrossSubnet",
+            "natOutgoing": True,
+        },
+    }
+
+
+async def _run_workers(count: int, concurrency: int, work: Any) -> float:
+    """Seconds for ``work(i)`` over ``range(count)`` by ``concurrency`` workers."""
+    next_index = iter(range(count))
+
+    async def worker() -> None:
+        for i in next_index:
+            await work(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start
+
+
+async def service_round(client: DatastoreClient, prefix: str, count: int, conc: int) -> float:
+    async def pair(i: int) -> None:
+        name = f"{prefix}-{i}"
+        await client.create(ippool(name, i))
+        got = await client.get("IPPool", name)
+        assert got["metadata"]["name"] == name
+
+    return await _run_workers(count, conc, pair)
+
+
+async def raw_round(etcd: aetcd.Client, prefix: str, count: int, conc: int) -> float:
+    value = json.dumps(ippool("x", 0), separators=(",", ":")).encode()
+
+    async def put(i: int) -> None:
+        await etcd.put(f"/bench/raw/{prefix}/{i}".encode(), value)
+
+    return await _run_workers(count, conc, put)
+
+
+async def measure(
+    client: DatastoreClient, raw: aetcd.Client, count: int, conc: int, rounds: int
+) -> dict[str, Any]:
+    """Best of ``rounds`` alternating service and floor rounds at one concurrency."""
+    service_s: list[float] = []
+    raw_s: list[float] = []
+    for r in range(rounds):
+        service_s.append(await service_round(client, f"c{conc}r{r}", count, conc))
+        raw_s.append(await raw_round(raw, f"c{conc}r{r}", count, conc))
+    best_service, best_raw = min(service_s), min(raw_s)
+    pairs_per_s = count / best_service
+    puts_per_s = count / best_raw
+    ratio = 2 * pairs_per_s / puts_per_s
+    return {
+        "concurrency": conc,
+        "service_pairs_per_s": round(pairs_per_s, 1),
+        "service_ops_per_s": round(2 * pairs_per_s, 1),
+        "service_pair_ms": round(1000 * best_service / count * conc, 3),
+        "raw_puts_per_s": round(puts_per_s, 1),
+        "raw_put_ms": round(1000 * best_raw / count * conc, 3),
+        "ratio": round(ratio, 3),
+        "pair_ratio": round(pairs_per_s / puts_per_s, 3),
+        "meets_target": ratio >= TARGET_RATIO,
+    }
+
+
+async def run(count: int, concurrencies: list[int], rounds: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="calico-bench-ds-", dir="/tmp"))
+    etcd = EtcdServer(work / "etcd")
+    service: DatastoreProcess | None = None
+    try:
+        etcd.start()
+        service = DatastoreProcess([etcd.endpoint], work / "datastore.sock")
+        await service.start()
+        async with DatastoreClient(service.target) as client, aetcd.Client(
+            etcd.host, etcd.port
+        ) as raw:
+            warm = max(50, count // 10)
+            await service_round(client, "warm", warm, max(concurrencies))
+            await raw_round(raw, "warm", warm, max(concurrencies))
+            results = [await measure(client, raw, count, c, rounds) for c in concurrencies]
+        return {
+            "count": count,
+            "rounds": rounds,
+            "target_ratio": TARGET_RATIO,
+            "ratio_definition": "service ops/s (creates + gets) / raw etcd puts/s",
+            "results": results,
+            "ratio": min(r["ratio"] for r in results),
+            "meets_target": all(r["meets_target"] for r in results),
+        }
+    finally:
+        if service is not None:
+            service.stop()
+        etcd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def table(r: dict[str, Any]) -> str:
+    head = ["concurrency", "service create+get", "service ops", "raw aetcd put",
+            "ratio ops/puts", "ratio pairs/puts"]  # fmt: skip
+    rows = [head]
+    for m in r["results"]:
+        rows.append([
+            str(m["concurrency"]),
+            f"{m['service_pairs_per_s']:.0f} pairs/s ({m['service_pair_ms']:.2f} ms)",
+            f"{m['service_ops_per_s']:.0f} ops/s",
+            f"{m['raw_puts_per_s']:.0f} puts/s ({m['raw_put_ms']:.2f} ms)",
+            f"{m['ratio']:.2f}" + ("" if m["meets_target"] else " BELOW"),
+            f"{m['pair_ratio']:.2f}",
+        ])  # fmt: skip
+    width = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        f"datastore bench: {r['count']} IPPools per round, best of {r['rounds']} alternating "
+        "rounds; service = calico-datastore in its own process over a unix socket",
+        "",
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, width, strict=True)).rstrip()
+              for row in rows]  # fmt: skip
+    verdict = "meets" if r["meets_target"] else "does NOT meet"
+    lines += [
+        "",
+        f"ratio = {r['ratio_definition']}; worst {r['ratio']:.2f} {verdict} target "
+        f">= {TARGET_RATIO} (a pair is one Create RPC + one Get RPC, each a service round "
+        "trip and an etcd round trip)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--count", type=int, default=2000, help="resources per round")
+    parser.add_argument(
+        "--concurrency", default="1,16", help="comma-separated requests in flight (default 1,16)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per phase")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    concurrencies = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    result = asyncio.run(run(args.count, concurrencies, args.rounds))
+    print(json.dumps(result) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
