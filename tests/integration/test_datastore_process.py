@@ -3,6 +3,7 @@ SIGTERM ends it cleanly and removes its socket."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +15,12 @@ from libcalico.client import DatastoreClient
 from libcalico.etcd_server import EtcdServer
 from libcalico.testing import free_port
 from libcalico.testing.datastore import DatastoreProcess, short_socket_dir
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text: str = resp.read().decode()
+    return text
 
 
 @pytest.fixture
@@ -39,8 +46,7 @@ async def test_entry_point_serves_and_stops_cleanly(etcd: EtcdServer, sock_dir: 
                 "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
                 "metadata": {"name": "proc-pool"}, "spec": {"cidr": "10.90.0.0/16"},
             })  # fmt: skip
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+        text = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
         assert 'calico_datastore_writes_total{kind="IPPool",op="apply",result="ok"}' in text
         assert "calico_datastore_etcd_seconds_count" in text
         assert "calico_datastore_watch_streams" in text
