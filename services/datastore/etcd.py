@@ -464,9 +464,9 @@ class Etcd:
 
     # -- watch ---------------------------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int) -> EtcdWatch:
+    def watch(self, prefix: str, start_revision: int, *, max_pending: int = 10_000) -> EtcdWatch:
         """A watch on every key under ``prefix`` from ``start_revision`` (0 = from now)."""
-        return EtcdWatch(self, prefix, start_revision)
+        return EtcdWatch(self, prefix, start_revision, max_pending=max_pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,15 +494,22 @@ class EtcdWatch:
     Responses are read by a task into a queue so ``next(timeout)`` can wait with a timeout
     without cancelling a gRPC read. ``request_progress()`` asks etcd for a progress
     notification (an empty batch). Use as ``async with``; leaving cancels the stream.
+
+    The queue is bounded: a consumer more than ``max_pending`` batches behind is cut off with
+    ``CompactedError`` (it must re-list), so a slow client costs bounded memory here.
     """
 
-    def __init__(self, etcd: Etcd, prefix: str, start_revision: int) -> None:
+    def __init__(
+        self, etcd: Etcd, prefix: str, start_revision: int, *, max_pending: int = 10_000
+    ) -> None:
         self._etcd = etcd
         self._prefix = prefix.encode()
         self._start_revision = start_revision
+        self.max_pending = max_pending
         self._call: Any = None
         self._queue: asyncio.Queue[WatchBatch | BaseException] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._cut_off: CalicoError | None = None
 
     async def __aenter__(self) -> EtcdWatch:
         await self._etcd.connect()
@@ -559,6 +566,13 @@ class EtcdWatch:
                     )
                     for ev in response.events
                 ]
+                if self._queue.qsize() >= self.max_pending:
+                    self._cut_off = CompactedError(
+                        f"watch consumer fell {self.max_pending} etcd responses behind; re-list"
+                    )
+                    self._call.cancel()
+                    self._queue.put_nowait(self._cut_off)  # wakes a waiting next()
+                    return
                 self._queue.put_nowait(WatchBatch(int(response.header.revision), events))
         except rpc.AioRpcError as exc:
             self._queue.put_nowait(self._etcd.map_error(exc))
@@ -567,6 +581,8 @@ class EtcdWatch:
 
     async def next(self, timeout: float | None = None) -> WatchBatch | None:
         """The next batch, or ``None`` when ``timeout`` passes first; raises the stream's error."""
+        if self._cut_off is not None:
+            raise self._cut_off
         try:
             item = self._queue.get_nowait()
         except asyncio.QueueEmpty:

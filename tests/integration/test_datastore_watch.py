@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from libcalico.client import DatastoreClient, EventType, KVOp, WatchEvent
 from libcalico.errors import CompactedError
 from libcalico.runtime.telemetry import get_tracer, setup_tracing
+from libcalico.testing.datastore import InProcessDatastore
 
 RES = "/calico/resources/v3/projectcalico.org/"
 
@@ -184,3 +185,17 @@ async def test_events_carry_the_writers_traceparent(
     assert any(
         format(s.context.span_id, "016x") == ev.traceparent.split("-")[2] for s in create_spans
     )
+
+
+async def test_a_consumer_that_falls_behind_is_cut_off(
+    datastore: InProcessDatastore, etcd_client: aetcd.Client
+) -> None:
+    etcd = datastore.graph.etcd
+    start = await etcd.current_revision()
+    async with etcd.watch("/calico/felix/", start + 1, max_pending=5) as w:
+        for i in range(20):  # separate revisions: separate etcd responses, none consumed
+            await etcd_client.put(f"/calico/felix/v2/no-region/host/n{i}/status".encode(), b"{}")
+        assert w._reader is not None
+        await asyncio.wait_for(asyncio.shield(w._reader), 5)  # white box: the reader gave up
+        with pytest.raises(CompactedError, match="5 etcd responses behind; re-list"):
+            await w.next(0)
