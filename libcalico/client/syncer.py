@@ -147,6 +147,7 @@ class Syncer:
         self._listed = False
         self._sources = [_Source(k, keys.resource_prefix(k)) for k in self.kinds]
         self._kv_sources = [_Source("", p) for p in self.kv_prefixes]
+        self._by_kind = {s.kind: s for s in self._sources}
 
     # -- callbacks -----------------------------------------------------------------------------
 
@@ -240,10 +241,8 @@ class Syncer:
 
     def _source_revision(self, event: WatchEvent) -> int:
         if event.kind:
-            for source in self._sources:
-                if source.kind == event.kind:
-                    return source.revision
-            return 0
+            source = self._by_kind.get(event.kind)
+            return source.revision if source is not None else 0
         best: _Source | None = None
         for source in self._kv_sources:
             if event.key.startswith(source.prefix) and (
