@@ -92,10 +92,12 @@ class Netlink(Protocol):
     async def links(self) -> list[Link]: ...
     async def create_vxlan(self, name: str, *, vni: int, port: int, local: str,
                            parent_index: int, mac: str, mtu: int) -> None: ...
+    async def create_link(self, name: str, kind: str) -> None: ...
     async def set_link(self, index: int, *, mtu: int | None = None, mac: str | None = None,
                        up: bool | None = None) -> None: ...
     async def delete_link(self, index: int) -> None: ...
     async def addresses(self, index: int) -> list[str]: ...
+    async def address_owners(self) -> dict[str, int]: ...
     async def add_address(self, index: int, cidr: str) -> None: ...
     async def delete_address(self, index: int, cidr: str) -> None: ...
     async def routes(self, table: int = MAIN_TABLE) -> list[Route]: ...
@@ -108,6 +110,30 @@ class Netlink(Protocol):
     async def fdb_replace(self, e: FdbEntry) -> None: ...
     async def fdb_delete(self, e: FdbEntry) -> None: ...
     def close(self) -> None: ...
+
+
+def parse_link(m: Any) -> Link:
+    """A pyroute2 ``ifinfmsg`` (dump reply or RTNLGRP_LINK event) as a ``Link``."""
+    info = m.get("IFLA_LINKINFO")
+    kind = ""
+    vx: tuple[tuple[str, Any], ...] = ()
+    if info is not None:
+        kind = info.get("IFLA_INFO_KIND") or ""
+        data = info.get("IFLA_INFO_DATA")
+        if kind == "vxlan" and data is not None:
+            vx = (
+                ("vni", data.get("IFLA_VXLAN_ID")),
+                ("port", data.get("IFLA_VXLAN_PORT")),
+                ("local", data.get("IFLA_VXLAN_LOCAL")),
+                ("link", data.get("IFLA_VXLAN_LINK")),
+                ("learning", data.get("IFLA_VXLAN_LEARNING")),
+            )
+    return Link(
+        index=m["index"], name=m.get("IFLA_IFNAME") or "", kind=kind,
+        mtu=m.get("IFLA_MTU") or 0, up=bool(m["flags"] & IFF_UP),
+        oper_up=m.get("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
+        mac=m.get("IFLA_ADDRESS") or "", vxlan=vx,
+    )
 
 
 def _err(what: str, exc: Exception) -> NetlinkError:
@@ -150,35 +176,16 @@ class PyrouteNetlink:
             raise _err(what, exc) from exc
 
     async def links(self) -> list[Link]:
-        out = []
-        for m in await self._dump("dump links", "link", "dump"):
-            info = m.get("IFLA_LINKINFO")
-            kind = ""
-            vx: tuple[tuple[str, Any], ...] = ()
-            if info is not None:
-                kind = info.get("IFLA_INFO_KIND") or ""
-                data = info.get("IFLA_INFO_DATA")
-                if kind == "vxlan" and data is not None:
-                    vx = (
-                        ("vni", data.get("IFLA_VXLAN_ID")),
-                        ("port", data.get("IFLA_VXLAN_PORT")),
-                        ("local", data.get("IFLA_VXLAN_LOCAL")),
-                        ("link", data.get("IFLA_VXLAN_LINK")),
-                        ("learning", data.get("IFLA_VXLAN_LEARNING")),
-                    )
-            out.append(Link(
-                index=m["index"], name=m.get("IFLA_IFNAME"), kind=kind,
-                mtu=m.get("IFLA_MTU") or 0, up=bool(m["flags"] & IFF_UP),
-                oper_up=m.get("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
-                mac=m.get("IFLA_ADDRESS") or "", vxlan=vx,
-            ))
-        return out
+        return [parse_link(m) for m in await self._dump("dump links", "link", "dump")]
 
     async def create_vxlan(self, name: str, *, vni: int, port: int, local: str,
                            parent_index: int, mac: str, mtu: int) -> None:
         await self._call(f"create {name}", "link", "add", ifname=name, kind="vxlan",
                          vxlan_id=vni, vxlan_port=port, vxlan_local=local,
                          vxlan_link=parent_index, vxlan_learning=0, address=mac, mtu=mtu)
+
+    async def create_link(self, name: str, kind: str) -> None:
+        await self._call(f"create {name}", "link", "add", ifname=name, kind=kind)
 
     async def set_link(self, index: int, *, mtu: int | None = None, mac: str | None = None,
                        up: bool | None = None) -> None:
@@ -200,6 +207,11 @@ class PyrouteNetlink:
         for m in await self._dump("dump addresses", "addr", "dump", index=index):
             out.append(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}")
         return out
+
+    async def address_owners(self) -> dict[str, int]:
+        """Every local address (without prefix length) → the index of its interface."""
+        return {m.get("IFA_ADDRESS"): m["index"]
+                for m in await self._dump("dump addresses", "addr", "dump")}
 
     async def add_address(self, index: int, cidr: str) -> None:
         addr, _, plen = cidr.partition("/")

@@ -64,6 +64,17 @@ class LinkCache:
         self.by_index = {lk.index: lk for lk in links}
         self.refreshed_at = time.monotonic()
 
+    def apply_event(self, link: Link, deleted: bool) -> None:
+        """Keep the cache current from RTNLGRP_LINK events between refreshes."""
+        old = self.by_index.get(link.index)
+        if old is not None and self.by_name.get(old.name) is old:
+            del self.by_name[old.name]
+        if deleted:
+            self.by_index.pop(link.index, None)
+            return
+        self.by_index[link.index] = link
+        self.by_name[link.name] = link
+
     async def index(self, name: str, *, refresh_if_missing: bool = True) -> int | None:
         link = self.by_name.get(name)
         if link is None and refresh_if_missing:
@@ -243,6 +254,28 @@ class RouteOwner:
             self._need_readback = True
             raise KernelError(f"{len(errors)} route write(s) failed, first: {errors[0]}")
         return writes > 0
+
+
+class RouteClass:
+    """The routes one manager wants, as a whole: ``sync()`` sets the new ones and removes the
+    ones it set before and no longer wants, never another manager's."""
+
+    def __init__(self, owner: RouteOwner) -> None:
+        self._owner = owner
+        self._mine: dict[str, RouteTarget] = {}
+
+    def sync(self, desired: dict[str, RouteTarget]) -> None:
+        desired = {norm_cidr(d): t for d, t in desired.items()}
+        for dst in self._mine.keys() - desired.keys():
+            self._owner.remove_route(dst)
+        for dst, target in desired.items():
+            if self._mine.get(dst) != target:
+                self._owner.set_route(dst, target)
+        self._mine = desired
+
+    @property
+    def routes(self) -> dict[str, RouteTarget]:
+        return dict(self._mine)
 
 
 class NeighbourOwner:
