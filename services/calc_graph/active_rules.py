@@ -26,7 +26,7 @@ from .ipsets import IPSetRegistry, IPSetSpec
 from .label_index import LabelSet, SelectorIndex
 from .policy_resolver import PolicyKey, PolicyMeta, PolicySorter
 from .records import EndpointRecord
-from .rule_scanner import ParsedRules, RuleScanner, policy_order, policy_selector_text
+from .rule_scanner import ParsedRules, RuleScanner, policy_order, policy_selector
 
 if TYPE_CHECKING:
     from .event_sequencer import EventSequencer
@@ -127,7 +127,7 @@ class PolicyTable:
             return
         kind, namespace, _ = key
         spec = value.get("spec") or {}
-        selector = self.scanner.selector(policy_selector_text(kind, namespace, spec))
+        selector = policy_selector(kind, namespace, spec)
         rec = PolicyRecord(key, spec, selector)
         if old is not None:
             rec.nodes = old.nodes

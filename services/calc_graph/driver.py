@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +25,38 @@ from .status import StatusStore
 log = get_logger(__name__)
 
 
+class HeapPolicy:
+    """Keep the cyclic garbage collector off the graph's long-lived objects.
+
+    The graph holds millions of small containers (records, label sets, index buckets) that live
+    as long as the resources they mirror, and CPython's full collections rescan all of them each
+    time the heap grows by a quarter: at 250,000 endpoints that was a third of the time to
+    InSync. Freezing moves what exists into the permanent generation (still freed by reference
+    counting when dropped; the graph breaks its own record <-> label-set links on removal), so
+    collections only scan what is new. A higher generation-0 threshold batches the rest.
+    """
+
+    def __init__(self, freeze_every: int = 20_000, gen0_threshold: int = 20_000) -> None:
+        self.freeze_every = freeze_every
+        self._since = 0
+        gc.set_threshold(gen0_threshold, 20, 20)
+
+    def after_updates(self, n: int) -> None:
+        self._since += n
+        if self._since >= self.freeze_every:
+            self.freeze()
+
+    def freeze(self) -> None:
+        self._since = 0
+        gc.freeze()
+
+
 class GraphDriver:
     def __init__(self, graph: CalcGraph, cfg: CalcGraphConfig) -> None:
         self.graph = graph
         self.cfg = cfg
         self.status = StatusStore()
+        self.heap = HeapPolicy()
         self._wake = asyncio.Event()
         self._closed = False
         self.subscribers: set[Subscriber] = set()
@@ -40,11 +68,15 @@ class GraphDriver:
     def on_status(self, status: Any) -> None:
         log.info("datastore status", status=getattr(status, "value", str(status)))
         self.graph.on_status(status)
+        if self.graph.datastore_in_sync:
+            self.heap.freeze()
 
     async def on_updates(self, updates: Sequence[Any]) -> None:
         chunk = self.cfg.update_chunk
         for i in range(0, len(updates), chunk):
-            self.graph.on_updates(updates[i : i + chunk])
+            part = updates[i : i + chunk]
+            self.graph.on_updates(part)
+            self.heap.after_updates(len(part))
             self._wake.set()
             if i + chunk < len(updates):
                 await asyncio.sleep(0)

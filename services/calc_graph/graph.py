@@ -153,6 +153,9 @@ class CalcGraph:
         becomes_in_sync = self.datastore_in_sync and not self.in_sync
         if becomes_in_sync:
             self.in_sync = True
+            # Label statistics are complete now: re-file selectors under their best hints.
+            moved = self.policies.index.rehint() + self.ipsets.index.rehint()
+            log.info("in sync", selectors_rehinted=moved, stats=self.stats())
         queued = 0
         with start_span_from_traceparent("calc_graph.flush", self._traceparent) as span:
             traceparent = inject_traceparent() or self._traceparent
@@ -295,6 +298,8 @@ def build_graph() -> CalcGraph:
     # selectors over label sets that have an endpoint on a subscribed node.
     g.labels.listeners.append(g.ipsets)
     g.labels.listeners.append(g.policies)
+    g.ipsets.index.hinter = g.labels.hint_for
+    g.policies.index.hinter = g.labels.hint_for
 
     # Label-bearing items.
     d.register("WorkloadEndpoint", g.endpoints.on_workload_endpoint)

@@ -9,11 +9,14 @@ Two ideas keep matching cheap at 250,000 endpoints and 10,000 policies:
    profile's labels change (a namespace relabelled), only the label sets that inherit from it are
    recomputed.
 
-2. **Hint buckets on both sides.** ``Selector.index_hint()`` gives a label that every match must
-   carry, with the allowed values or ``None`` for "any value". ``SelectorIndex`` buckets
-   selectors by that hint and items by each of their labels, so a new item is evaluated only
-   against selectors whose hint it satisfies (plus the few with no hint, such as ``all()``), and
-   a new selector only against items that carry its hint label/value.
+2. **Hint buckets on both sides.** A hint is a label every match must carry, with the allowed
+   values or ``None`` for "any value". ``SelectorIndex`` buckets selectors by their hint and
+   items by each of their labels, so a new item is evaluated only against selectors whose hint
+   it satisfies (plus the few with no hint, such as ``all()``), and a new selector only against
+   items that carry its hint label/value. Of a selector's required labels
+   (``Selector.required_labels()``) the hint is the one fewest label sets carry right now
+   (``LabelSetTable.hint_for``): for ``app == "web" && projectcalico.org/namespace == "ns1"``
+   that is the namespace, one of a thousand, rather than the app, one of ten.
 
 ``SelectorIndex`` is used twice by the graph: once for IP-set selectors over every label set in
 the cluster, once for policy selectors over the label sets that have endpoints on a subscribed
@@ -25,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from libcalico.selector import Selector
+from libcalico.selector import NAMESPACE_LABEL, Selector
 
 Hint = tuple[str, frozenset[str] | None] | None
 
@@ -67,6 +70,9 @@ class LabelSetTable:
         self._profile_labels: dict[str, dict[str, str]] = {}
         self._by_parent: dict[str, set[LabelSet]] = {}
         self.listeners: list[LabelSetListener] = []
+        # How many label sets carry each label value (effective labels), for choosing hints.
+        self._value_counts: dict[str, dict[str, int]] = {}
+        self._key_counts: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._sets)
@@ -80,6 +86,7 @@ class LabelSetTable:
         if ls is None:
             ls = LabelSet(own, parents)
             ls.labels = self._effective(own, parents)
+            self._count(ls.labels, 1)
             self._sets[key] = ls
             self._keys[ls] = key
             for p in parents:
@@ -95,6 +102,7 @@ class LabelSetTable:
             return
         for listener in self.listeners:
             listener.on_label_set_removed(ls)
+        self._count(ls.labels, -1)
         key = self._keys.pop(ls)
         del self._sets[key]
         for p in ls.parents:
@@ -119,8 +127,57 @@ class LabelSetTable:
                 continue
             ls.labels = effective
             ls.cache = None
+            self._count(old, -1)
+            self._count(effective, 1)
             for listener in self.listeners:
                 listener.on_label_set_changed(ls, old)
+
+    def _count(self, labels: Mapping[str, str], delta: int) -> None:
+        values = self._value_counts
+        keys = self._key_counts
+        for k, v in labels.items():
+            by_val = values.get(k)
+            if by_val is None:
+                by_val = values[k] = {}
+            n = by_val.get(v, 0) + delta
+            if n:
+                by_val[v] = n
+            else:
+                del by_val[v]
+                if not by_val:
+                    del values[k]
+            n = keys.get(k, 0) + delta
+            if n:
+                keys[k] = n
+            else:
+                del keys[k]
+
+    def hint_for(self, selector: Selector) -> Hint:
+        """The required label of ``selector`` likely to match the fewest label sets.
+
+        Ranked by: a value requirement before bare presence; then the label with the most
+        distinct values (a predictor that holds while the cluster is still being listed:
+        ``projectcalico.org/namespace`` has a value per namespace, ``app`` a few); then how
+        many label sets match today; then the namespace label; then by name.
+        """
+        required = selector.required_labels()
+        if not required:
+            return None
+        best: Hint = None
+        best_rank: tuple[bool, int, int, bool, str] | None = None
+        for k, vals in required.items():
+            by_val = self._value_counts.get(k, {})
+            if vals is None:
+                cost = self._key_counts.get(k, 0)
+            elif not vals:
+                return (k, vals)  # matches nothing
+            else:
+                cost = sum(by_val.get(v, 0) for v in vals)
+            rank = (vals is None, -len(by_val), cost, k != NAMESPACE_LABEL, k)
+            if best_rank is None or rank < best_rank:
+                best_rank = rank
+                best = (k, vals)
+        return best
 
     def _effective(self, own: dict[str, str], parents: tuple[str, ...]) -> dict[str, str]:
         merged = None
@@ -148,6 +205,7 @@ class SelectorIndex(Generic[S]):
     ) -> None:
         self._started = on_match_started
         self._stopped = on_match_stopped
+        self.hinter: Callable[[Selector], Hint] = lambda sel: sel.index_hint()
         self.selectors: dict[S, Selector] = {}
         self._hints: dict[S, Hint] = {}
         self._sel_has: dict[str, set[S]] = {}
@@ -169,23 +227,17 @@ class SelectorIndex(Generic[S]):
         if old is not None:
             self._unbucket_selector(sid)
         self.selectors[sid] = selector
-        hint = selector.index_hint()
+        hint = self.hinter(selector)
         self._hints[sid] = hint
-        if hint is None:
-            self._sel_unindexed.add(sid)
-        elif hint[1] is None:
-            self._sel_has.setdefault(hint[0], set()).add(sid)
-        else:
-            by_val = self._sel_val.setdefault(hint[0], {})
-            for v in hint[1]:
-                by_val.setdefault(v, set()).add(sid)
+        self._bucket_selector(sid, hint)
         matched: set[LabelSet] = set()
-        evaluate = selector.matcher
         candidates = self._item_candidates(hint)
-        for ls in candidates:
-            self.evaluations += 1
-            if evaluate(ls.labels):
-                matched.add(ls)
+        if candidates:  # compiling a matcher costs more than parsing: only when needed
+            evaluate = selector.matcher
+            for ls in candidates:
+                self.evaluations += 1
+                if evaluate(ls.labels):
+                    matched.add(ls)
         previous = self.sel_items.get(sid, set())
         self.sel_items[sid] = matched
         for ls in previous - matched:
@@ -194,6 +246,19 @@ class SelectorIndex(Generic[S]):
         for ls in matched - previous:
             self.item_sels[ls].add(sid)
             self._started(sid, ls)
+
+    def rehint(self) -> int:
+        """File every selector under its current best hint (statistics change as the cluster
+        is listed); matches are unchanged. Returns how many moved."""
+        moved = 0
+        for sid, selector in self.selectors.items():
+            hint = self.hinter(selector)
+            if hint != self._hints[sid]:
+                self._unbucket_selector(sid)
+                self._hints[sid] = hint
+                self._bucket_selector(sid, hint)
+                moved += 1
+        return moved
 
     def remove_selector(self, sid: S) -> None:
         if sid not in self.selectors:
@@ -204,6 +269,16 @@ class SelectorIndex(Generic[S]):
         for ls in self.sel_items.pop(sid, set()):
             self.item_sels[ls].discard(sid)
             self._stopped(sid, ls)
+
+    def _bucket_selector(self, sid: S, hint: Hint) -> None:
+        if hint is None:
+            self._sel_unindexed.add(sid)
+        elif hint[1] is None:
+            self._sel_has.setdefault(hint[0], set()).add(sid)
+        else:
+            by_val = self._sel_val.setdefault(hint[0], {})
+            for v in hint[1]:
+                by_val.setdefault(v, set()).add(sid)
 
     def _unbucket_selector(self, sid: S) -> None:
         hint = self._hints.get(sid)

@@ -30,7 +30,14 @@ from collections.abc import Callable
 from typing import Any
 
 from libcalico.api.felix import felixbackend_pb2 as fb
-from libcalico.selector import SERVICE_ACCOUNT_LABEL_PREFIX, Selector, make_unique_id, parse
+from libcalico.selector import (
+    ALL,
+    SERVICE_ACCOUNT_LABEL_PREFIX,
+    Selector,
+    ast,
+    make_unique_id,
+    parse,
+)
 
 from .ipsets import IP_AND_PORT, NET, IPSetSpec
 from .records import LABEL_NAMESPACE, LABEL_SERVICE_ACCOUNT, normalise_net
@@ -56,20 +63,33 @@ def _namespace_selector(text: str) -> str:
     return str(parse(text).for_namespace_selector())
 
 
-def policy_selector_text(kind: str, namespace: str, spec: dict[str, Any]) -> str:
-    """The selector Felix matches a policy against endpoints with (syncer conversion)."""
-    selector = str(spec.get("selector") or "")
+def policy_selector(kind: str, namespace: str, spec: dict[str, Any]) -> Selector:
+    """The selector Felix matches a policy against endpoints with (syncer conversion).
+
+    Built as a tree from the (cached) parse of the user's selector, so ten thousand policies
+    that differ only in namespace cost one parse each of their distinct user selectors. The
+    tree is exactly what parsing ``(<selector>) && projectcalico.org/namespace == '<ns>'``
+    gives (the parser does not flatten a parenthesised operand), hence the same canonical
+    string.
+    """
+    text = str(spec.get("selector") or "")
+    tree: ast.Node | None = parse(text).root if text else None
     if kind == KIND_NETWORK_POLICY and namespace:
-        ns_term = f"{LABEL_NAMESPACE} == '{namespace}'"
-        selector = f"({selector}) && {ns_term}" if selector else ns_term
+        ns_term = ast.Eq(LABEL_NAMESPACE, namespace)
+        tree = ast.And((tree, ns_term)) if tree is not None else ns_term
     elif spec.get("namespaceSelector"):
-        ns_sel = _namespace_selector(str(spec["namespaceSelector"]))
-        selector = f"({selector}) && {ns_sel}" if selector else ns_sel
+        ns_tree = parse(str(spec["namespaceSelector"])).for_namespace_selector().root
+        tree = ast.And((tree, ns_tree)) if tree is not None else ns_tree
     if spec.get("serviceAccountSelector"):
-        sa_sel = _prefixed(str(spec["serviceAccountSelector"]), SERVICE_ACCOUNT_LABEL_PREFIX)
-        sa_sel = sa_sel.replace("all()", f"has({LABEL_SERVICE_ACCOUNT})")
-        selector = f"({selector}) && {sa_sel}" if selector else sa_sel
-    return selector or "all()"
+        sa = parse(str(spec["serviceAccountSelector"])).with_label_prefix(
+            SERVICE_ACCOUNT_LABEL_PREFIX
+        )
+        sa_tree = ast.map_leaves(
+            sa.root,
+            lambda n: ast.Has(LABEL_SERVICE_ACCOUNT) if isinstance(n, ast.All) else n,
+        )
+        tree = ast.And((tree, sa_tree)) if tree is not None else sa_tree
+    return Selector(tree) if tree is not None else ALL
 
 
 def _service_account_selector(sam: dict[str, Any]) -> str:
