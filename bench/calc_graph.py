@@ -223,7 +223,7 @@ class Cluster:
             owner = pods[0]["node"]
             start = int(ipaddress.ip_network(cidr).network_address)
             allocations: list[int | None] = [None] * 64
-            attrs = []
+            attrs: list[dict[str, Any]] = []
             for p in pods:
                 allocations[int(ipaddress.ip_address(p["ip"])) - start] = len(attrs)
                 attrs.append(
