@@ -1,7 +1,7 @@
 """The lab's control plane: etcd and the control-plane services, started in dependency order,
 each waited on until healthy, all described in one place (``SERVICES``).
 
-Start order and readiness::
+Start order and readiness (each level starts at once, then is waited on)::
 
     etcd (EtcdServer, 127.0.0.1, /health)
       └── datastore  (gRPC health over <state>/sock/datastore.sock)
@@ -39,6 +39,9 @@ from libcalico.cli.lab.processes import ProcessSpec, ProcessTable
 
 READY_TIMEOUT_S = 30.0
 HEALTH_RPC_TIMEOUT_S = 1.0
+# How long a running process of ours may take to answer before `up` replaces it, and the
+# health call timeout of `status`: generous, a loaded machine must not cause restarts.
+RUNNING_GRACE_S = 5.0
 ETCD = "etcd"
 
 
@@ -194,6 +197,25 @@ def grpc_health(target: str, timeout: float = HEALTH_RPC_TIMEOUT_S) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+def _etcd_healthy_within(endpoint: str, seconds: float = RUNNING_GRACE_S) -> bool:
+    deadline = time.monotonic() + seconds
+    while not etcd_healthy(endpoint):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def serving_within(target: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        if grpc_health(target) == "SERVING":
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
 def wait_until(
     what: str,
     ready: Callable[[], bool],
@@ -242,7 +264,7 @@ def _start_etcd(
 ) -> tuple[str, str]:
     """Start etcd unless ours already runs; returns its client URL and what was done."""
     endpoint = str(state.get("etcd_endpoint") or "")
-    if table.pid(ETCD) is not None and endpoint and etcd_healthy(endpoint):
+    if table.pid(ETCD) is not None and endpoint and _etcd_healthy_within(endpoint):
         return endpoint, "already running"
     table.stop(ETCD)  # a recorded but unhealthy etcd of ours is replaced
     from libcalico.etcd_server import EtcdServer, EtcdStartError
@@ -271,24 +293,53 @@ def _start_etcd(
     return etcd.endpoint, "started"
 
 
-def _start_service(
-    svc: ServiceDef, layout: Layout, table: ProcessTable, etcd_endpoint: str
-) -> str:
-    """Start ``svc`` unless ours already runs and is healthy; returns what was done."""
+def _start_wave(
+    wave: list[ServiceDef], layout: Layout, table: ProcessTable, etcd_endpoint: str
+) -> dict[str, str]:
+    """Start every service of ``wave`` that is not already running healthy, all at once, then
+    wait for each; returns what was done per service."""
+    done: dict[str, str] = {}
+    for svc in wave:
+        if table.pid(svc.name) is not None:
+            if serving_within(layout.target(svc.name), RUNNING_GRACE_S):
+                done[svc.name] = "already running"
+                continue
+            table.stop(svc.name)
+        layout.socket(svc.name).unlink(missing_ok=True)  # a stale socket from a crash
+        table.start(
+            ProcessSpec(svc.name, service_argv(svc), service_env(svc, layout, etcd_endpoint))
+        )
+        done[svc.name] = "started"
+    for svc in wave:
+        if done[svc.name] == "started":
+            _wait_serving(svc, layout, table)
+    return done
+
+
+def _wait_serving(svc: ServiceDef, layout: Layout, table: ProcessTable) -> None:
     target = layout.target(svc.name)
-    if table.pid(svc.name) is not None:
-        if grpc_health(target) == "SERVING":
-            return "already running"
-        table.stop(svc.name)
-    layout.socket(svc.name).unlink(missing_ok=True)  # a stale socket from a crash
-    table.start(ProcessSpec(svc.name, service_argv(svc), service_env(svc, layout, etcd_endpoint)))
     wait_until(
         svc.console_script,
         lambda: layout.socket(svc.name).exists() and grpc_health(target) == "SERVING",
         lambda: table.pid(svc.name) is not None,
         lambda: table.log_tail(svc.name),
     )
-    return "started"
+
+
+def waves(services: list[ServiceDef]) -> tuple[list[list[ServiceDef]], list[ServiceDef]]:
+    """Services grouped so that each group needs only etcd and earlier groups; the second
+    value lists those whose dependencies are not available at all."""
+    ready: set[str] = {ETCD}
+    remaining = list(services)
+    out: list[list[ServiceDef]] = []
+    while remaining:
+        wave = [s for s in remaining if all(d in ready for d in s.depends_on)]
+        if not wave:
+            break
+        out.append(wave)
+        ready.update(s.name for s in wave)
+        remaining = [s for s in remaining if s not in wave]
+    return out, remaining
 
 
 def up(layout: Layout, report: Callable[[str], None]) -> dict[str, object]:
@@ -303,15 +354,14 @@ def up(layout: Layout, report: Callable[[str], None]) -> dict[str, object]:
     services = available_services()
     state["services"] = [s.name for s in services]
     write_state(layout, state)
-    started: set[str] = {ETCD}
-    for svc in services:
-        missing = [d for d in svc.depends_on if d not in started]
-        if missing:
-            report(f"{svc.name:<12} skipped: needs {', '.join(missing)}")
-            continue
-        what = _start_service(svc, layout, table, etcd_endpoint)
-        started.add(svc.name)
-        report(f"{svc.name:<12} {layout.target(svc.name)}   (pid {table.pid(svc.name)}, {what})")
+    groups, blocked = waves(services)
+    for wave in groups:
+        done = _start_wave(wave, layout, table, etcd_endpoint)
+        for svc in wave:
+            report(f"{svc.name:<12} {layout.target(svc.name)}   "
+                   f"(pid {table.pid(svc.name)}, {done[svc.name]})")
+    for svc in blocked:
+        report(f"{svc.name:<12} skipped: needs {', '.join(svc.depends_on)}")
     missing_svcs = [s.name for s in SERVICES if s not in services]
     if missing_svcs:
         report(f"not built yet: {', '.join(missing_svcs)}")
@@ -343,11 +393,16 @@ def status(layout: Layout) -> list[ProcessStatus]:
         alive = pid is not None
         if name == ETCD:
             address = str(state.get("etcd_endpoint") or "")
-            health = ("SERVING" if address and etcd_healthy(address) else "UNREACHABLE") if alive \
-                else "-"
+            if not alive:
+                health = "-"
+            elif address and _etcd_healthy_within(address):
+                health = "SERVING"
+            else:
+                health = "UNREACHABLE"
         else:
             address = layout.target(name)
-            health = grpc_health(address) if alive and layout.socket(name).exists() else "-"
+            health = (grpc_health(address, RUNNING_GRACE_S)
+                      if alive and layout.socket(name).exists() else "-")
         out.append(ProcessStatus(name, pid if alive else table.recorded_pid(name), alive,
                                  health, address))
     return out

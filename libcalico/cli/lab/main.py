@@ -151,6 +151,10 @@ def run(argv: Sequence[str]) -> int:
         if args.command == "status":
             return cmd_status(layout)
         return cmd_down(layout, args.purge)
+    except BrokenPipeError:
+        # Output piped into something that stopped reading (`| head`): nothing to report.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:
         # Typically a state dir this user cannot write (the default is under /run).
         print(f"calico-lab {args.command}: {exc.strerror or exc}: "
