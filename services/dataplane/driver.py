@@ -80,6 +80,15 @@ class DriverSettings:
     retry_max: float = 30.0
 
 
+@dataclass(frozen=True)
+class ApplyReport:
+    """Handed to observers (metrics) after every apply."""
+
+    seconds: float
+    failed_stages: tuple[str, ...]
+    batch_latencies: tuple[float, ...]  # of the batches this apply programmed
+
+
 @dataclass
 class ApplyStats:
     applies: int = 0
@@ -137,6 +146,7 @@ class Driver:
         self._last_refresh = dict.fromkeys(REFRESH_GROUPS, time.monotonic())
         self.batch_latencies: list[float] = []  # seconds from receipt to programmed
         self._receipts: deque[tuple[int, float]] = deque()
+        self.observers: list[Callable[[ApplyReport], None]] = []
 
     # -- input -----------------------------------------------------------------------------
 
@@ -177,6 +187,9 @@ class Driver:
     def on_link_event(self, link: Link, deleted: bool) -> None:
         self.links.apply_event(link, deleted)
         ours = self.endpoints.iface_event(link.name, link.index, deleted)
+        if not deleted and link.name in self.routes.pending_ifaces:
+            self.routes.iface_appeared(link.name)
+            ours = True
         if link.name in (self.vxlan.device.name, self.ipip.device.name):
             self.vxlan.device.mark_resync()
             self.ipip.device.mark_resync()
@@ -299,19 +312,27 @@ class Driver:
         self.stats.last_failed_stages = failures
         if failures:
             self.stats.failures += 1
+            self._notify(ApplyReport(self.stats.last_seconds, tuple(failures), ()))
             return False
         if not self._in_sync_reported:
             self.reporter.in_sync()
             self._in_sync_reported = True
             log.info("dataplane in sync after %.3fs apply", self.stats.last_seconds)
         done = time.perf_counter()
+        programmed: list[float] = []
         while self._receipts and self._receipts[0][0] <= covered:
-            self.batch_latencies.append(done - self._receipts.popleft()[1])
+            programmed.append(done - self._receipts.popleft()[1])
+        self.batch_latencies.extend(programmed)
         del self.batch_latencies[:-10000]
+        self._notify(ApplyReport(self.stats.last_seconds, (), tuple(programmed)))
         async with self._applied_cond:
             self.applied = covered
             self._applied_cond.notify_all()
         return True
+
+    def _notify(self, report: ApplyReport) -> None:
+        for fn in self.observers:
+            fn(report)
 
     def _iface_of(self, ip: str) -> str | None:
         idx = self._addr_owners.get(ip)

@@ -76,7 +76,9 @@ class PolicyManager:
         self.flavor = flavor
         self.owners = owners
         self._config = compiler_config or CompilerConfig()
-        self.compiler = PolicyCompiler(self._config)
+        # Render only the flavor this driver programs (half the compile work).
+        self._render = ("iptables",) if flavor == IPTABLES else ("nft",)
+        self.compiler = PolicyCompiler(self._config, flavors=self._render)
         self._pending: list[fb.ToDataplane] = []
         self._hooks_stale = True
         self.last_result: CompileResult | None = None
@@ -92,7 +94,7 @@ class PolicyManager:
         return len(self._pending)
 
     def new_generation(self) -> None:
-        self.compiler = PolicyCompiler(self._config)
+        self.compiler = PolicyCompiler(self._config, flavors=self._render)
         self._pending.clear()
         self._hooks_stale = True
         for t in self.owners.tables.values():

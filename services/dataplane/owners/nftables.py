@@ -45,7 +45,8 @@ class _ChainModel:
 class _SetModel:
     kind: str  # set | map
     decl: str
-    elements: set[str] = field(default_factory=set)
+    # key → element text; a map element's key is the part before " : " (deletes name keys).
+    elements: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +75,10 @@ def _hash(rule_line: str) -> str | None:
 def _elements(line: str) -> list[str]:
     body = line[line.index("{") + 1: line.rindex("}")]
     return [e.strip() for e in body.split(",") if e.strip()]
+
+
+def _key(element: str) -> str:
+    return element.split(" : ", 1)[0].strip()
 
 
 def parse_list(text: str) -> KernelTable:
@@ -181,9 +186,10 @@ class NftablesOwner:
         elif obj == "element":
             s = self._sets[key]
             if verb == "add":
-                s.elements.update(_elements(line))
+                s.elements.update((_key(e), e) for e in _elements(line))
             elif verb == "delete":
-                s.elements.difference_update(_elements(line))
+                for e in _elements(line):
+                    s.elements.pop(_key(e), None)
         else:
             raise ValueError(f"unexpected nft statement: {line!r}")
 
@@ -275,7 +281,7 @@ class NftablesOwner:
             out += chains[name].rules
         for name, s in sorted(sets.items()):
             if kernel.sets.get(name) != len(s.elements) and s.elements:
-                elems = sorted(s.elements)
+                elems = sorted(s.elements.values())
                 for i in range(0, len(elems), 1000):
                     out.append(f"add element {fam} {TABLE} {name} "
                                f"{{ {', '.join(elems[i:i + 1000])} }}")

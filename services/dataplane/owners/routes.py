@@ -209,6 +209,9 @@ class RouteOwner:
     async def apply(self, allow_deletes: bool = True) -> bool:
         if self._need_readback:
             await self._resync()
+        # Routes waiting for an interface that has since appeared (a device another owner
+        # just created shares this cache; workload interfaces arrive via link events).
+        self._dirty.update(d for d, i in self.pending.items() if i in self._links.by_name)
         errors: list[str] = []
         writes = 0
         for dst in sorted(self._dirty):
