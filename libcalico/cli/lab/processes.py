@@ -7,8 +7,9 @@ A lab process outlives the ``calico-lab up`` that started it (its own session, s
 pid reused by an unrelated program after a crash is never signalled; stale pid files are
 removed when found.
 
-Stopping is SIGTERM, a bounded wait, then SIGKILL and a second bounded wait. A zombie (exited,
-not yet reaped by its parent) counts as stopped.
+Stopping is SIGTERM, a bounded wait, then SIGKILL and a second, longer bounded wait. A zombie
+(exited, not yet reaped by its parent) counts as stopped. A process that survives both keeps
+its pid file, so the next ``down`` tries again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TERM_TIMEOUT_S = 10.0
-KILL_TIMEOUT_S = 5.0
+# SIGKILL takes effect only when the process leaves uninterruptible sleep; etcd blocked in
+# fdatasync on a busy disk has been seen to take tens of seconds.
+KILL_TIMEOUT_S = 60.0
 
 _CHILDREN: list[subprocess.Popen[bytes]] = []
 
