@@ -292,3 +292,71 @@ async def test_bgp_sync_and_report(calc_graph: str, datastore_client: DatastoreC
 
         result = await stub.Report(reports())
         assert result.successful
+
+
+async def test_slow_reader_is_cut_off_and_resyncs(
+    datastore_target: str, datastore_client: DatastoreClient
+) -> None:
+    """A node that stops reading fills its queue and gets RESOURCE_EXHAUSTED with a message
+    saying why; the graph and other nodes carry on; reconnecting gives a fresh snapshot."""
+    from libcalico.errors import ResourceExhaustedError
+
+    sock_dir = short_socket_dir("calico-cg-")
+    cfg = CalcGraphConfig(
+        listen=(f"unix://{sock_dir / 'calc_graph.sock'}",),
+        datastore=datastore_target,
+        resync_flush_interval=0.05,
+        max_batches=3,
+    )
+    pods = [
+        f.wep("ns1", f"w{i}", "node2", f"10.65.{i // 250}.{i % 250 + 1}", {"app": "web"})
+        for i in range(500)
+    ]
+    await write(
+        datastore_client,
+        f.namespace("ns1", {"env": "x"}),
+        f.wep("ns2", "db", "node1", "10.66.0.1", {"app": "db"}),
+        f.global_policy(
+            "db",
+            {
+                "selector": "app == 'db'",
+                "ingress": [{"action": "Allow", "source": {"namespaceSelector": "env == 'x'"}}],
+            },
+        ),
+    )
+    for i in range(0, len(pods), 50):
+        await asyncio.gather(*(write(datastore_client, p) for p in pods[i : i + 50]))
+    try:
+        async with running_calc_graph(cfg) as (svc, target):
+            # No BDP probing: the stream's flow-control window stays at 64 KiB, so a reader
+            # that stops reading blocks the server's writes soon.
+            async with make_channel(
+                target, service="calc_graph", options=[("grpc.http2.bdp_probe", 0)]
+            ) as channel:
+                stub = cg_grpc.CalcGraphStub(channel)
+                call = stub.Sync(cg.SyncRequest(node="node1"))
+                dp = f.FakeDataplane("node1")
+                while not dp.in_sync:
+                    dp.apply_all((await asyncio.wait_for(call.read(), 10)).messages)
+                other = await FakeNode(target, "node2").start()
+                # Stop reading; flip the namespace in and out of the policy's IP set: every
+                # flip is a 500-member delta; the window fills, then the queue (3 batches).
+                for i in range(60):
+                    await write(datastore_client, f.namespace("ns1", {"env": "xy"[i % 2]}))
+                    await asyncio.sleep(0.02)
+                    if any(s.error for s in svc.driver.subscribers):
+                        break
+                with pytest.raises(ResourceExhaustedError, match="fell behind"):
+                    for _ in range(10_000):
+                        await asyncio.wait_for(call.read(), 10)
+                await eventually(
+                    lambda: other.dp.in_sync and other.error is None, what="node2 unaffected"
+                )
+                await other.stop()
+                # Reconnect: a fresh snapshot with the set as it is now.
+                fresh = await FakeNode(target, "node1").start()
+                await eventually(lambda: fresh.dp.in_sync, what="node1 resynced")
+                await fresh.stop()
+                assert len(svc.graph.views) == 0 or set(svc.graph.views) <= {"node1", "node2"}
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
