@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from libcalico.cli.lab import control_plane, nodes
+from libcalico.cli.lab import control_plane, node_commands, nodes
 from libcalico.cli.lab.control_plane import LabError, Layout
 
 DEFAULT_STATE_DIR = "/run/calico-lab"
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", parents=[common], help="start etcd and the control-plane services")
     p.add_argument(
         "--nodes", type=int, default=0, metavar="N",
-        help="lab nodes to create (node namespaces arrive with the CNI issue) [default: 0]",
+        help="lab nodes to create: node-1..node-N, see 'lab nodes' below [default: 0]",
     )
     sub.add_parser("status", parents=[common], help="show each process of the lab")
     p = sub.add_parser("down", parents=[common], help="stop everything the lab started")
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--purge", action="store_true",
         help="also remove etcd's data, logs and traces from the state dir",
     )
+    node_commands.add_commands(sub, common)
     return parser
 
 
@@ -75,14 +76,16 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def cmd_up(layout: Layout, node_count: int) -> int:
+def cmd_up(
+    layout: Layout, node_count: int, options: node_commands.NodeOptions | None = None
+) -> int:
     if node_count < 0:
         print("calico-lab: --nodes must be 0 or more", file=sys.stderr)
         return 1
     with _locked(layout):
         try:
             state = control_plane.up(layout, _say)
-            nodes.create_nodes(layout, node_count, _say)
+            nodes.create_nodes(layout, node_count, _say, options)
         except LabError as exc:
             print(f"calico-lab up failed: {exc}", file=sys.stderr)
             print(f"logs: {layout.root / 'logs'}; stop what started with: "
@@ -132,8 +135,8 @@ def cmd_down(layout: Layout, purge: bool) -> int:
         print(f"Nothing to stop (no state dir {layout.root}).")
         return 0
     with _locked(layout):
-        nodes.delete_nodes(layout, _say)
-        ok = control_plane.down(layout, _say, purge=purge)
+        nodes_ok = nodes.delete_nodes(layout, _say)
+        ok = control_plane.down(layout, _say, purge=purge) and nodes_ok
     if not ok:
         print("calico-lab down: some processes could not be stopped (see above)",
               file=sys.stderr)
@@ -147,7 +150,9 @@ def run(argv: Sequence[str]) -> int:
     layout = Layout(Path(args.state_dir).resolve())
     try:
         if args.command == "up":
-            return cmd_up(layout, args.nodes)
+            return cmd_up(layout, args.nodes, node_commands.node_options(args))
+        if args.command in node_commands.COMMANDS:
+            return node_commands.run(args, layout)
         if args.command == "status":
             return cmd_status(layout)
         return cmd_down(layout, args.purge)
