@@ -11,21 +11,53 @@
 Import names from here; the submodules hold the design notes.
 """
 
-from libcalico.runtime.channel import make_channel, to_domain_error
-from libcalico.runtime.config import ConfigValue, load_config, load_config_with_sources
-from libcalico.runtime.log import StructLogger, get_logger, setup_logging
-from libcalico.runtime.metrics import counter, gauge, histogram, start_metrics_server
-from libcalico.runtime.server import Server, ServerSpec, run_main, serve, start_in_process
-from libcalico.runtime.telemetry import (
-    context_from_traceparent,
-    force_flush_tracing,
-    get_tracer,
-    inject_traceparent,
-    setup_tracing,
-    shutdown_tracing,
-    start_batch_span,
-    start_span_from_traceparent,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Exports resolve on first use: short-lived clients (calicoctl, the CNI plugins) that need one
+# helper should not pay for importing the gRPC server, Prometheus and the OpenTelemetry SDK.
+_EXPORTS = {
+    "make_channel": "channel", "to_domain_error": "channel",
+    "ConfigValue": "config", "load_config": "config", "load_config_with_sources": "config",
+    "StructLogger": "log", "get_logger": "log", "setup_logging": "log",
+    "counter": "metrics", "gauge": "metrics", "histogram": "metrics",
+    "start_metrics_server": "metrics",
+    "Server": "server", "ServerSpec": "server", "run_main": "server", "serve": "server",
+    "start_in_process": "server",
+    "context_from_traceparent": "telemetry", "force_flush_tracing": "telemetry",
+    "get_tracer": "telemetry", "inject_traceparent": "telemetry", "setup_tracing": "telemetry",
+    "shutdown_tracing": "telemetry", "start_batch_span": "telemetry",
+    "start_span_from_traceparent": "telemetry",
+}
+
+if TYPE_CHECKING:
+    from libcalico.runtime.channel import make_channel, to_domain_error
+    from libcalico.runtime.config import ConfigValue, load_config, load_config_with_sources
+    from libcalico.runtime.log import StructLogger, get_logger, setup_logging
+    from libcalico.runtime.metrics import counter, gauge, histogram, start_metrics_server
+    from libcalico.runtime.server import Server, ServerSpec, run_main, serve, start_in_process
+    from libcalico.runtime.telemetry import (
+        context_from_traceparent,
+        force_flush_tracing,
+        get_tracer,
+        inject_traceparent,
+        setup_tracing,
+        shutdown_tracing,
+        start_batch_span,
+        start_span_from_traceparent,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'libcalico.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"libcalico.runtime.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ConfigValue",
