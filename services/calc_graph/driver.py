@@ -10,12 +10,12 @@ leaky-bucket tick) once in sync, less often while the datastore is still being l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 from collections.abc import Sequence
 from typing import Any
 
 from libcalico.runtime.log import get_logger
+from libcalico.runtime.metrics import counter, gauge, histogram
 
 from .config import CalcGraphConfig
 from .fanout import BGPSubscriber, Subscriber
@@ -23,6 +23,12 @@ from .graph import CalcGraph
 from .status import StatusStore
 
 log = get_logger(__name__)
+
+FLUSH_SECONDS = histogram("calico_calc_graph_flush_seconds", "Time to flush the graph")
+UPDATES = counter("calico_calc_graph_updates_total", "Datastore updates applied")
+MESSAGES = counter("calico_calc_graph_messages_total", "Dataplane messages queued to subscribers")
+SUBSCRIBERS = gauge("calico_calc_graph_subscribers", "Connected subscribers", ["stream"])
+CUT_OFF = counter("calico_calc_graph_subscribers_cut_off_total", "Subscribers that fell behind")
 
 
 class HeapPolicy:
@@ -76,6 +82,7 @@ class GraphDriver:
         for i in range(0, len(updates), chunk):
             part = updates[i : i + chunk]
             self.graph.on_updates(part)
+            UPDATES.inc(len(part))
             self.heap.after_updates(len(part))
             self._wake.set()
             if i + chunk < len(updates):
@@ -91,6 +98,7 @@ class GraphDriver:
             sub.close()
             return sub
         self.subscribers.add(sub)
+        SUBSCRIBERS.labels("sync").inc()
         self.graph.subscribe(sub)
         log.info("subscriber connected", node=node, driver=driver)
         return sub
@@ -98,6 +106,9 @@ class GraphDriver:
     def unsubscribe(self, sub: Subscriber) -> None:
         if sub in self.subscribers:
             self.subscribers.discard(sub)
+            SUBSCRIBERS.labels("sync").dec()
+            if sub.error:
+                CUT_OFF.inc()
             self.graph.unsubscribe(sub)
             log.info("subscriber gone", node=sub.node, cut_off=bool(sub.error))
 
@@ -107,12 +118,14 @@ class GraphDriver:
             sub.close()
             return sub
         self.bgp_subscribers.add(sub)
+        SUBSCRIBERS.labels("bgp").inc()
         self.graph.subscribe_bgp(sub)
         return sub
 
     def unsubscribe_bgp(self, sub: BGPSubscriber) -> None:
         if sub in self.bgp_subscribers:
             self.bgp_subscribers.discard(sub)
+            SUBSCRIBERS.labels("bgp").dec()
             self.graph.unsubscribe_bgp(sub)
 
     # -- flush loop --------------------------------------------------------------------------
@@ -133,7 +146,8 @@ class GraphDriver:
                 delay = last + interval - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self.graph.flush()
+                with FLUSH_SECONDS.time():
+                    MESSAGES.inc(self.graph.flush())
                 last = loop.time()
         finally:
             self.close()
@@ -147,6 +161,3 @@ class GraphDriver:
             bsub.close()
             self.unsubscribe_bgp(bsub)
 
-    def flush_now(self) -> None:
-        with contextlib.suppress(Exception):
-            self._wake.set()
