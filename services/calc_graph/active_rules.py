@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from libcalico.runtime.log import get_logger
 from libcalico.selector import Selector
 
 from .ipsets import IPSetRegistry, IPSetSpec
@@ -30,6 +31,8 @@ from .rule_scanner import ParsedRules, RuleScanner, policy_order, policy_selecto
 
 if TYPE_CHECKING:
     from .event_sequencer import EventSequencer
+
+log = get_logger(__name__)
 
 RULE_FIELDS = ("ingress", "egress", "doNotTrack", "preDNAT", "performanceHints", "tier")
 
@@ -149,9 +152,19 @@ class PolicyTable:
         rec = self.policies[key]
         if rec.parsed is None:
             kind, namespace, name = key
-            rec.parsed = self.scanner.scan_policy(
-                kind, namespace, name, {**rec.rules}, str(rec.selector)
-            )
+            try:
+                rec.parsed = self.scanner.scan_policy(
+                    kind, namespace, name, {**rec.rules}, str(rec.selector)
+                )
+            except Exception:
+                # The datastore validates rules, so this is a bug or a foreign writer. Fail
+                # closed: the policy stays in its tier with no rules (the tier's default
+                # action applies) rather than taking the graph down mid-match.
+                log.exception("cannot convert policy rules; applying it with none", policy=key)
+                rules: dict[str, Any] = {**rec.rules, "ingress": [], "egress": []}
+                rec.parsed = self.scanner.scan_policy(
+                    kind, namespace, name, rules, str(rec.selector)
+                )
         return rec.parsed
 
     # -- profiles ----------------------------------------------------------------------------
@@ -174,7 +187,11 @@ class PolicyTable:
     def parsed_profile(self, name: str) -> ParsedRules:
         parsed = self._profile_parsed.get(name)
         if parsed is None:
-            parsed = self.scanner.scan_profile(name, self.profiles.get(name))
+            try:
+                parsed = self.scanner.scan_profile(name, self.profiles.get(name))
+            except Exception:
+                log.exception("cannot convert profile rules; denying all", profile=name)
+                parsed = self.scanner.scan_profile(name, None)
             self._profile_parsed[name] = parsed
         return parsed
 

@@ -77,17 +77,17 @@ class EndpointIndex:
         new_ep = rec if isinstance(rec, EndpointRecord) else None
         old_ep = old if isinstance(old, EndpointRecord) else None
         if old_ep is not None and (new_ep is None or new_ep.node != old_ep.node):
+            # Gone, or moved to another node: the old node's view loses it.
             self._drop_local(old_ep)
-            old_ep_for_listener = old_ep
             listener = self.local_listeners.get(old_ep.node)
             if listener is not None:
-                listener(old_ep_for_listener, None)
-            old_ep = None  # handled
+                listener(old_ep, None)
+            old_ep = None
         if new_ep is not None:
             self.by_node.setdefault(new_ep.node, {})[key] = new_ep
             listener = self.local_listeners.get(new_ep.node)
             if listener is not None:
-                listener(old_ep, new_ep)
+                listener(old_ep, new_ep)  # old_ep: the same node's previous version, if any
         if old is not None:
             self._labels.release(old.label_set)
 

@@ -9,6 +9,7 @@ Opening a view replays the node's endpoints through it; closing it releases ever
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 from libcalico.api.felix import felixbackend_pb2 as fb
@@ -29,7 +30,9 @@ class NodeView:
         self._g = graph
         self.endpoints: dict[ItemKey, EndpointRecord] = {}
         self._routes: dict[str, int] = {}
-        self.seq = EventSequencer(name, self)
+        # The sequencer reads this view's state; a weak reference keeps the two from forming a
+        # cycle that would outlive the view once the heap is frozen (see driver.HeapPolicy).
+        self.seq = EventSequencer(name, weakref.proxy(self))
         self.rules = ActiveRules(name, graph.policies, graph.ipsets, self.seq)
         self.subscribers: list[Subscriber] = []
         self.new_subscribers: list[Subscriber] = []

@@ -691,3 +691,37 @@ def test_workload_endpoint_record() -> None:
     assert rec.wep_id == ("k8s", "ns1/a", "eth0")
     value["spec"]["ipNetworks"] = []
     assert workload_endpoint("ns1", "x", value) is None
+
+
+def test_unconvertible_rules_fail_closed() -> None:
+    g = graph_with(
+        f.namespace("ns1"),
+        f.wep("ns1", "a", "n1", "10.0.0.1", {"app": "a"}),
+        f.global_policy("broken", {"selector": "app == 'a'", "ingress": [
+            {"action": "Allow", "source": {"selector": "app == "}}]}),  # not a selector
+    )
+    sub = Subscriber("n1")
+    g.subscribe(sub)
+    g.flush()
+    dp = f.FakeDataplane("n1")
+    dp.apply_batches(sub.drain())
+    assert list(dp.policies[("GlobalNetworkPolicy", "", "broken")].inbound_rules) == []
+    assert dp.policy_names(dp.weps[("k8s", "ns1/a", "eth0")].tiers) == ["default/broken"]
+
+
+def test_closed_views_are_freed() -> None:
+    import gc
+    import weakref
+
+    g = graph_with(f.wep("ns1", "a", "n1", "10.0.0.1"))
+    sub = Subscriber("n1")
+    g.subscribe(sub)
+    g.flush()
+    view = weakref.ref(g.views["n1"])
+    g.unsubscribe(sub)
+    g.flush()
+    gc.disable()
+    try:
+        assert view() is None  # freed by reference counting alone: no cycle
+    finally:
+        gc.enable()
