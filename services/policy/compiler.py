@@ -34,8 +34,10 @@ Not thread-safe: one compiler per driver (or per gRPC stream).
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from libcalico.api.felix import felixbackend_pb2 as fb
@@ -160,6 +162,10 @@ class PolicyCompiler:
 
     def apply(self, messages: Iterable[fb.ToDataplane]) -> CompileResult:
         """Fold a batch of messages in and return what changed since the previous call."""
+        with _gc_paused():
+            return self._apply(messages)
+
+    def _apply(self, messages: Iterable[fb.ToDataplane]) -> CompileResult:
         ch = Changes()
         for m in messages:
             self.model.apply(m, ch)
@@ -178,6 +184,10 @@ class PolicyCompiler:
 
     def full(self) -> CompileResult:
         """The whole desired state: every chain, every set, a from-scratch nft script."""
+        with _gc_paused():
+            return self._full()
+
+    def _full(self) -> CompileResult:
         run = _Run()
         for flavor in self.flavors:
             for (v, table), chains in self._chains[flavor].items():
@@ -573,6 +583,23 @@ def _vmap_element_lines(v: int, mname: str, elems: dict[str, str], add: bool) ->
         return [f"add element {fam} {nft.TABLE} {full} {{ {body} }}"]
     body = ", ".join(f'"{k}"' for k in sorted(elems))
     return [f"delete element {fam} {nft.TABLE} {full} {{ {body} }}"]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while compiling a batch.
+
+    A cold compile allocates millions of tuples and strings, none of them in reference cycles;
+    the collector's generation-0 passes over them are pure overhead (~25% of a 100k-rule
+    compile). Collection resumes, with whatever was pending, as soon as the batch is done.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _logged(result: CompileResult) -> CompileResult:
