@@ -140,6 +140,8 @@ class PolicyCompiler:
         self._sets = IPSetEmitter()
         # flavour → (version, table) → chain name → Chain: what the driver has been given.
         self._chains: dict[str, dict[TableKey, dict[str, Chain]]] = {f: {} for f in FLAVORS}
+        # flavour → (version, table, target chain) → rules jumping/going to it.
+        self._refs: dict[str, dict[tuple[int, str, str], int]] = {f: {} for f in FLAVORS}
         # (flavour, version, group) → {(table, chain name): Chain}
         self._groups: dict[tuple[str, int, GroupKey], dict[tuple[str, str], Chain]] = {}
         # Rendered text per chain: (version, table, name) → lines.
@@ -407,13 +409,20 @@ class PolicyCompiler:
         old = self._groups.get(gid, {})
         tables = self._chains[flavor]
         changed, deleted = run.changed[flavor], run.deleted[flavor]
+        refs = self._refs[flavor]
         for table, name in old.keys() - new.keys():
-            tables.get((v, table), {}).pop(name, None)
+            gone = tables.get((v, table), {}).pop(name, None)
+            if gone is not None:
+                _count_refs(refs, v, table, gone, -1)
             changed.discard((v, table, name))
             deleted.add((v, table, name))
         for (table, name), chain in new.items():
             t = tables.setdefault((v, table), {})
-            if t.get(name) != chain:
+            prev = t.get(name)
+            if prev != chain:
+                if prev is not None:
+                    _count_refs(refs, v, table, prev, -1)
+                _count_refs(refs, v, table, chain, +1)
                 t[name] = chain
                 changed.add((v, table, name))
             deleted.discard((v, table, name))
@@ -482,14 +491,22 @@ class PolicyCompiler:
     # -- output ----------------------------------------------------------------------------
 
     def _check_references(self, run: _Run, result: CompileResult) -> None:
-        """Warn about jumps to chains nobody renders (a restore would fail on them)."""
+        """Warn about what would make a restore fail: a jump to a chain nobody renders, or
+        deleting a chain something still jumps to. The calc graph's flush order (policies
+        before the endpoints that use them, removals in reverse) never causes either."""
         flavor = self.flavors[0]
         tables = self._chains[flavor]
+        refs = self._refs[flavor]
         for v, table, name in sorted(run.changed[flavor]):
             for target in referenced_chains(tables[(v, table)][name]):
                 if target not in tables[(v, table)]:
                     result.warnings.append(
                         f"IPv{v} {table} chain {name} refers to missing chain {target}")
+        for v, table, name in sorted(run.deleted[flavor]):
+            if refs.get((v, table, name), 0) > 0:
+                result.warnings.append(
+                    f"IPv{v} {table} chain {name} is deleted but still referenced "
+                    f"by {refs[(v, table, name)]} rule(s)")
 
     def _ipt_table(self, result: CompileResult, v: int, table: str) -> TableDelta:
         key = (v, table)
@@ -583,6 +600,17 @@ def _vmap_element_lines(v: int, mname: str, elems: dict[str, str], add: bool) ->
         return [f"add element {fam} {nft.TABLE} {full} {{ {body} }}"]
     body = ", ".join(f'"{k}"' for k in sorted(elems))
     return [f"delete element {fam} {nft.TABLE} {full} {{ {body} }}"]
+
+
+def _count_refs(refs: dict[tuple[int, str, str], int], v: int, table: str, chain: Chain,
+                delta: int) -> None:
+    for target in referenced_chains(chain):
+        key = (v, table, target)
+        n = refs.get(key, 0) + delta
+        if n:
+            refs[key] = n
+        else:
+            refs.pop(key, None)
 
 
 @contextmanager

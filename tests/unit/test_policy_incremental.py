@@ -156,6 +156,12 @@ def test_policy_before_endpoint_missing_reference_is_reported() -> None:
     assert any("cali-pi-np/default/allow-web" in w for w in r.warnings)
 
 
+def test_deleting_a_chain_still_jumped_to_is_reported() -> None:
+    c = compiled(ex.workload())
+    r = c.apply([ex.policy_remove(ex.ALLOW_WEB)])  # the endpoint still lists it
+    assert any("allow-web is deleted but still referenced" in w for w in r.warnings)
+
+
 def test_config_change_rerenders_what_depends_on_it() -> None:
     c = compiled(ex.workload())
     r = c.apply([ex.config(IptablesFilterDenyAction="REJECT")])
@@ -210,7 +216,9 @@ def test_replaying_increments_equals_a_fresh_compile(batches: list[list[fb.ToDat
     state: KernelState = {}
     replay(state, incremental.apply(base))
     for batch in batches:
-        replay(state, incremental.apply(batch))
+        result = incremental.apply(batch)
+        assert not result.warnings
+        replay(state, result)
     fresh = PolicyCompiler()
     fresh.apply(base + [m for b in batches for m in b])
     assert state == full_state(fresh)
