@@ -335,11 +335,16 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(scale: float, changes: int, stream_updates: int) -> dict[str, Any]:
+def run(scale: float, changes: int, stream_updates: int, subscribe_all: bool) -> dict[str, Any]:
     cluster = Cluster(scale)
     graph: CalcGraph = build_graph()
     sub = Subscriber(MEASURED, max_batches=10**9, max_messages=10**12)
     graph.subscribe(sub)
+    others = []
+    if subscribe_all:  # every node's driver connected, as in production
+        for i in range(1, cluster.n_nodes):
+            others.append(Subscriber(f"node-{i}", max_batches=10**9, max_messages=10**12))
+            graph.subscribe(others[-1])
     gen_time = graph_time = graph_cpu = 0.0
     batch: list[Update] = []
     n_updates = 0
@@ -381,7 +386,13 @@ def run(scale: float, changes: int, stream_updates: int) -> dict[str, Any]:
     gc_in_sync = gct.total
     snapshot = sub.drain()
     assert snapshot and snapshot[-1].messages[-1].WhichOneof("payload") == "in_sync"
-    snapshot_messages = sum(len(b.messages) for b in snapshot)
+    all_messages = snapshot_messages_total = sum(len(b.messages) for b in snapshot)
+    for o in others:
+        all_messages += sum(len(b.messages) for b in o.drain())
+    graph.on_flush_needed = lambda: None
+    for o in others:  # keep draining them during the measurements below
+        o.max_batches = 10**9
+    snapshot_messages = snapshot_messages_total
     stats = graph.stats()
 
     # A late subscriber for another node: the snapshot cost of a node joining an in-sync graph.
@@ -394,8 +405,8 @@ def run(scale: float, changes: int, stream_updates: int) -> dict[str, Any]:
     graph.unsubscribe(late)
     graph.flush()
 
-    latencies = label_changes(graph, cluster, sub, changes)
-    ups = sustained(graph, cluster, sub, stream_updates)
+    latencies = label_changes(graph, cluster, sub, changes, others)
+    ups = sustained(graph, cluster, sub, stream_updates, others)
     return {
         "scale": scale,
         "nodes": cluster.n_nodes,
@@ -411,6 +422,8 @@ def run(scale: float, changes: int, stream_updates: int) -> dict[str, Any]:
         "generator_s": round(gen_time, 3),
         "gc_s_to_in_sync": round(gc_in_sync, 3),
         "snapshot_messages": snapshot_messages,
+        "subscribed_nodes": 1 + len(others),
+        "messages_to_all_subscribers": all_messages,
         "late_subscriber_snapshot_s": round(late_snapshot, 3),
         "late_subscriber_messages": late_messages,
         "change_latency_ms_median": round(statistics.median(latencies) * 1000, 3),
@@ -427,7 +440,9 @@ def _p99(values: list[float]) -> float:
     return s[min(len(s) - 1, int(len(s) * 0.99))]
 
 
-def label_changes(graph: CalcGraph, cluster: Cluster, sub: Subscriber, n: int) -> list[float]:
+def label_changes(
+    graph: CalcGraph, cluster: Cluster, sub: Subscriber, n: int, others: list[Subscriber]
+) -> list[float]:
     """Each change moves an endpoint into or out of a set the measured node uses, or relabels
     one of its own endpoints; latency = apply + flush until batches are queued."""
     rng = random.Random(7)
@@ -443,12 +458,16 @@ def label_changes(graph: CalcGraph, cluster: Cluster, sub: Subscriber, n: int) -
         graph.on_updates([u])
         graph.flush()
         dt = time.perf_counter() - t
+        for o in others:
+            o.drain()
         if sub.drain():
             latencies.append(dt)
     return latencies or [0.0]
 
 
-def sustained(graph: CalcGraph, cluster: Cluster, sub: Subscriber, n: int) -> float:
+def sustained(
+    graph: CalcGraph, cluster: Cluster, sub: Subscriber, n: int, others: list[Subscriber]
+) -> float:
     rng = random.Random(11)
     base = int(ipaddress.ip_address("11.0.0.0"))  # outside every block: no routes change
     updates: list[Update] = []
@@ -477,6 +496,8 @@ def sustained(graph: CalcGraph, cluster: Cluster, sub: Subscriber, n: int) -> fl
         graph.on_updates(updates[i : i + 100])
         graph.flush()
         sub.drain()
+        for o in others:
+            o.drain()
     return len(updates) / (time.process_time() - c)
 
 
@@ -485,9 +506,14 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.01)
     ap.add_argument("--changes", type=int, default=400)
     ap.add_argument("--stream", type=int, default=20_000, help="updates in the sustained run")
+    ap.add_argument(
+        "--subscribe-all",
+        action="store_true",
+        help="every node subscribed, not only the measured one",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    result = run(args.scale, args.changes, args.stream)
+    result = run(args.scale, args.changes, args.stream, args.subscribe_all)
     if args.json:
         print(json.dumps(result))
         return
@@ -510,7 +536,12 @@ def main() -> None:
             f" (generator {result['generator_s']} s,"
             f" cyclic GC {result['gc_s_to_in_sync']} s)",
         ),
-        ("snapshot messages", str(result["snapshot_messages"])),
+        (
+            "snapshot messages",
+            f"{result['snapshot_messages']} to the measured node;"
+            f" {result['messages_to_all_subscribers']} to"
+            f" {result['subscribed_nodes']} subscribed nodes",
+        ),
         (
             "late subscriber snapshot",
             f"{result['late_subscriber_snapshot_s']} s,"

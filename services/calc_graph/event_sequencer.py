@@ -83,19 +83,7 @@ class NodeState(Protocol):
 
 
 def ipset_messages(g: GlobalStages, set_id: str) -> list[fb.ToDataplane]:
-    members = g.ipsets.members(set_id)
-    first = members[:MAX_MEMBERS_PER_MESSAGE]
-    out = [
-        fb.ToDataplane(
-            ipset_update=fb.IPSetUpdate(id=set_id, members=first, type=g.ipsets.set_type(set_id))  # type: ignore[arg-type]
-        )
-    ]
-    for i in range(MAX_MEMBERS_PER_MESSAGE, len(members), MAX_MEMBERS_PER_MESSAGE):
-        chunk = members[i : i + MAX_MEMBERS_PER_MESSAGE]
-        out.append(
-            fb.ToDataplane(ipset_delta_update=fb.IPSetDeltaUpdate(id=set_id, added_members=chunk))
-        )
-    return out
+    return g.ipsets.full_messages(set_id, MAX_MEMBERS_PER_MESSAGE)
 
 
 def endpoint_remove(key: ItemKey, wep_id: tuple[str, str, str] | None) -> fb.ToDataplane:
@@ -148,11 +136,16 @@ class EventSequencer:
         )
 
     def _clear(self) -> None:
-        self.dirty_ipsets = set()
-        self.dirty_policies = set()
-        self.dirty_profiles = set()
-        self.dirty_endpoints = set()
-        self.dirty_routes = set()
+        if self.dirty_ipsets:
+            self.dirty_ipsets = set()
+        if self.dirty_policies:
+            self.dirty_policies = set()
+        if self.dirty_profiles:
+            self.dirty_profiles = set()
+        if self.dirty_endpoints:
+            self.dirty_endpoints = set()
+        if self.dirty_routes:
+            self.dirty_routes = set()
         self.all_routes_dirty = False
 
     # -- first flush ------------------------------------------------------------------------
@@ -194,7 +187,29 @@ class EventSequencer:
 
     # -- later flushes ----------------------------------------------------------------------
 
+    def _untouched(self, g: GlobalStages) -> bool:
+        """Nothing in this flush concerns the node: the common case for most nodes."""
+        if self.has_local_changes():
+            return False
+        if (
+            g.config.is_dirty(self.node)
+            or g.encap.dirty
+            or g.routes.dirty
+            or g.vxlan.vteps.dirty
+            or g.profiles.namespaces.dirty
+            or g.profiles.service_accounts.dirty
+            or g.passthru.hosts.dirty
+            or g.passthru.pools.dirty
+        ):
+            return False
+        changed = g.ipsets.changed
+        if len(changed) < len(self.sent_ipsets):
+            return not any(c in self.sent_ipsets for c in changed)
+        return not any(c in changed for c in self.sent_ipsets)
+
     def delta(self, g: GlobalStages) -> list[fb.ToDataplane]:
+        if self._untouched(g):
+            return []
         s = self._state
         out: list[fb.ToDataplane] = []
         if g.config.is_dirty(self.node):

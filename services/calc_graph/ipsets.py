@@ -72,6 +72,7 @@ class IPSetRegistry:
         self._unneeded: set[str] = set()
         self._changed: set[str] = set()
         self._delta_cache: dict[str, fb.ToDataplane | None] = {}
+        self._full_cache: dict[str, list[fb.ToDataplane]] = {}
         self._fresh: set[str] = set()
 
     # -- label-set listener ------------------------------------------------------------------
@@ -206,6 +207,34 @@ class IPSetRegistry:
         self._delta_cache[set_id] = msg
         return msg
 
+    def full_messages(self, set_id: str, chunk: int) -> list[fb.ToDataplane]:
+        """The set's whole membership as ``IPSetUpdate`` (plus ``IPSetDeltaUpdate``s adding the
+        rest when it has more than ``chunk`` members), built once per flush for every node."""
+        cached = self._full_cache.get(set_id)
+        if cached is not None:
+            return cached
+        st = self.sets[set_id]
+        members = list(st.members)
+        out = [
+            fb.ToDataplane(
+                ipset_update=fb.IPSetUpdate(
+                    id=set_id,
+                    members=members[:chunk],
+                    type=st.spec.type,  # type: ignore[arg-type]
+                )
+            )
+        ]
+        for i in range(chunk, len(members), chunk):
+            out.append(
+                fb.ToDataplane(
+                    ipset_delta_update=fb.IPSetDeltaUpdate(
+                        id=set_id, added_members=members[i : i + chunk]
+                    )
+                )
+            )
+        self._full_cache[set_id] = out
+        return out
+
     @property
     def changed(self) -> set[str]:
         return self._changed
@@ -218,6 +247,7 @@ class IPSetRegistry:
                 st.removed = set()
         self._changed = set()
         self._delta_cache = {}
+        self._full_cache = {}
         for set_id in self._unneeded:
             st = self.sets.get(set_id)
             if st is None or st.refs > 0:

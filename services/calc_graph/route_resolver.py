@@ -135,6 +135,8 @@ class RouteResolver:
         self._node_dsts: dict[str, set[str]] = {}
         self.borrowed_by_node: dict[str, set[str]] = {}
         self.blocks_by_node: dict[str, set[str]] = {}
+        # Messages built during this flush, shared by every node that derives the same route.
+        self._memo: dict[tuple[Any, ...], fb.ToDataplane] = {}
         # Since the last flush:
         self.dirty: set[str] = set()
         self.nodes_changed: set[str] = set()
@@ -206,6 +208,7 @@ class RouteResolver:
             self._nodes[name] = new
         if old == new:
             return
+        self._memo = {}
         for dst in old.hosts if old else ():
             self._update(dst, lambda e: e.hosts.discard(name), node=name, link=False)
         for dst, kind in old.tunnels if old else ():
@@ -242,6 +245,8 @@ class RouteResolver:
                 self._update(dst, lambda e, h=host: setattr(e, "borrowed_owner", h), node=host)
 
     def _update(self, dst: str, change: Any, node: str = "", link: bool = True) -> None:
+        if self._memo:
+            self._memo = {}  # facts changed: shared messages are stale
         entry = self.entries.get(dst)
         if entry is None:
             entry = self.entries[dst] = RouteEntry()
@@ -268,19 +273,18 @@ class RouteResolver:
         return info.v6 if v6 else info.v4
 
     def route_for(self, me: str, dst: str, local: bool) -> fb.ToDataplane | None:
-        """Node ``me``'s ``RouteUpdate`` for ``dst`` (``local``: a workload of ``me`` has it)."""
+        """Node ``me``'s ``RouteUpdate`` for ``dst`` (``local``: a workload of ``me`` has it).
+
+        Only the LOCAL/REMOTE bits, ``local_workload`` and ``same_subnet`` depend on ``me``, so
+        the message is built once per flush for each distinct outcome and shared.
+        """
         entry = self.entries.get(dst)
         if entry is None and not local:
             return None
-        rt = fb.RouteUpdate(dst=dst)
-        pool = self.cover(dst)
-        cross = False
-        if pool is not None:
-            rt.ip_pool_type = pool.pool_type  # type: ignore[assignment]
-            rt.nat_outgoing = pool.nat_outgoing
-            cross = pool.cross_subnet
         types = 0
         owner = ""
+        borrowed = False
+        kinds: set[str] | None = None
         if entry is not None:
             if entry.block_owner:
                 owner = entry.block_owner
@@ -288,7 +292,7 @@ class RouteResolver:
             if entry.borrowed_owner:
                 owner = entry.borrowed_owner
                 types |= LOCAL_WORKLOAD if owner == me else REMOTE_WORKLOAD
-                rt.borrowed = True
+                borrowed = True
             if entry.hosts:
                 owner = min(entry.hosts)
                 types |= LOCAL_HOST if owner == me else REMOTE_HOST
@@ -296,21 +300,39 @@ class RouteResolver:
                 owner = min(entry.tunnels)
                 types |= LOCAL_TUNNEL if owner == me else REMOTE_TUNNEL
                 kinds = entry.tunnels[owner]
-                rt.tunnel_type.ipip = TUNNEL_IPIP in kinds
-                rt.tunnel_type.vxlan = TUNNEL_VXLAN in kinds
-                rt.tunnel_type.wireguard = TUNNEL_WIREGUARD in kinds
         if local:
             owner = me
             types |= LOCAL_WORKLOAD
+        pool = self.cover(dst)
+        v6 = ":" in dst
+        owner_ip = self.node_ip(owner, v6) if owner else ""
+        same_subnet = (
+            pool is not None
+            and pool.cross_subnet
+            and bool(owner_ip)
+            and self._same_subnet(me, owner_ip, v6)
+        )
+        key = (dst, types, owner, local, same_subnet)
+        msg = self._memo.get(key)
+        if msg is not None:
+            return msg
+        rt = fb.RouteUpdate(dst=dst, types=types, borrowed=borrowed)  # type: ignore[arg-type]
+        if pool is not None:
+            rt.ip_pool_type = pool.pool_type  # type: ignore[assignment]
+            rt.nat_outgoing = pool.nat_outgoing
+        if kinds is not None:
+            rt.tunnel_type.ipip = TUNNEL_IPIP in kinds
+            rt.tunnel_type.vxlan = TUNNEL_VXLAN in kinds
+            rt.tunnel_type.wireguard = TUNNEL_WIREGUARD in kinds
+        if local:
             rt.local_workload = True
-        rt.types = types  # type: ignore[assignment]
         if owner:
             rt.dst_node_name = owner
-            v6 = ":" in dst
-            rt.dst_node_ip = self.node_ip(owner, v6)
-            if cross and rt.dst_node_ip:
-                rt.same_subnet = self._same_subnet(me, rt.dst_node_ip, v6)
-        return fb.ToDataplane(route_update=rt)
+            rt.dst_node_ip = owner_ip
+            rt.same_subnet = same_subnet
+        msg = fb.ToDataplane(route_update=rt)
+        self._memo[key] = msg
+        return msg
 
     def _same_subnet(self, me: str, ip: str, v6: bool) -> bool:
         info = self._nodes.get(me)
@@ -320,6 +342,7 @@ class RouteResolver:
         return net is not None and ipaddress.ip_address(ip) in net
 
     def end_flush(self) -> None:
+        self._memo = {}
         self.dirty = set()
         self.nodes_changed = set()
         self.pools_changed = False
