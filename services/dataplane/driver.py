@@ -247,7 +247,9 @@ class Driver:
         st = self.state
         owners = self.policy.owners
 
-        self.policy.compile()
+        t0 = time.perf_counter()
+        self.policy.compile()  # a compiler exception is a bug: it ends the driver
+        self.stats.stage_seconds["compile"] = time.perf_counter() - t0
         if self.masq.changed(st):
             owners.table(4, "nat").mark_resync()
 
@@ -288,10 +290,16 @@ class Driver:
 
         await self._stage("neighbours", failures, neighbours)
         await self._stage("routes", failures, lambda: self.routes.apply(allow))
-        for tkey in sorted(owners.tables, key=lambda k: (k[0], _TABLE_ORDER[k[1]])):
-            table = owners.tables[tkey]
-            await self._stage(f"iptables-v{tkey[0]}-{tkey[1]}", failures,
-                              lambda t=table: t.apply(allow))  # type: ignore[misc]
+        # IPv4 and IPv6 rules are independent: write both families at once (raw, mangle,
+        # nat, filter in order within each), which halves the latency of a typical change.
+        async def family(v: int) -> None:
+            for tkey in sorted((k for k in owners.tables if k[0] == v),
+                               key=lambda k: _TABLE_ORDER[k[1]]):
+                table = owners.tables[tkey]
+                await self._stage(f"iptables-v{v}-{tkey[1]}", failures,
+                                  lambda t=table: t.apply(allow))  # type: ignore[misc]
+
+        await asyncio.gather(*(family(v) for v in sorted({k[0] for k in owners.tables})))
         await self._stage("nftables", failures, lambda: owners.nft.apply(allow))
         await self._stage("ipset-deletes", failures, lambda: owners.ipsets.apply_deletes(allow))
         await self._stage("conntrack", failures, self.conntrack.flush)

@@ -163,6 +163,16 @@ class FakeNetlink:
             raise NetlinkError(f"replace route {route.dst}: (19, 'No such device')", ENODEV)
         self.route_table[(route.table, route.dst)] = route
 
+    async def route_replace_many(self, routes: list[Route]) -> list[NetlinkError | None]:
+        out: list[NetlinkError | None] = []
+        for r in routes:
+            try:
+                await self.route_replace(r)
+                out.append(None)
+            except NetlinkError as exc:
+                out.append(exc)
+        return out
+
     async def route_delete(self, route: Route) -> None:
         self.writes += 1
         if self.route_table.pop((route.table, route.dst), None) is None:

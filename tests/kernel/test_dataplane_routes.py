@@ -51,8 +51,12 @@ def test_batches_of_routes_added_removed_and_repaired(netns: str, loop: NetnsLoo
             "caliaaaaaaaaaaa" if i % 2 else "calibbbbbbbbbbb"))
     owner.set_route("10.65.0.0/26", RouteTarget.blackhole())
     owner.set_route("10.65.1.0/26", RouteTarget.blackhole())
+    for i in range(5):  # their veth does not exist (yet): they wait, the batch goes through
+        owner.set_route(f"10.65.4.{i}", RouteTarget.dev("calimissing0001"))
     assert loop.run(owner.apply())
     assert owner.stats.last_apply_writes == 52
+    assert nl.requests < 10  # dumps and one ip -batch, not 52 netlink requests
+    assert owner.pending_ifaces == {"calimissing0001"}
     routes = _routes(netns)
     assert routes["10.65.0.7"]["dev"] == "caliaaaaaaaaaaa"
     assert routes["10.65.0.7"]["scope"] == "link"
@@ -62,6 +66,8 @@ def test_batches_of_routes_added_removed_and_repaired(netns: str, loop: NetnsLoo
     assert not loop.run(owner.apply())  # nothing to do
     owner.mark_resync()
     assert not loop.run(owner.apply())  # the read-back agrees
+    for i in range(5):
+        owner.remove_route(f"10.65.4.{i}")
 
     for i in range(40, 50):
         owner.remove_route(f"10.65.0.{i}")

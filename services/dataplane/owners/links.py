@@ -53,6 +53,7 @@ class DeviceOwner:
         self.deletable = deletable
         self._spec: DeviceSpec | None = None
         self._dirty = True
+        self._refresh = True
         self.recreated = 0
         self.created = 0
 
@@ -67,6 +68,7 @@ class DeviceOwner:
 
     def mark_resync(self) -> None:
         self._dirty = True
+        self._refresh = True
 
     @property
     def in_sync(self) -> bool:
@@ -88,7 +90,10 @@ class DeviceOwner:
     async def apply(self, allow_deletes: bool = True) -> bool:
         if not self._dirty:
             return False
-        await self._links.refresh()
+        if self._refresh:
+            # The shared cache follows link events; re-dump only on a resync.
+            await self._links.refresh()
+            self._refresh = False
         link = self._links.by_name.get(self.name)
         spec = self._spec
         if spec is None:

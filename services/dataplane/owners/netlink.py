@@ -9,7 +9,9 @@ per ``apply``, not by sharing the socket between tasks).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +67,35 @@ class Route:
     proto: int = RTPROT_CALICO
     scope: int = RT_SCOPE_UNIVERSE
     table: int = MAIN_TABLE
+    ifname: str = field(default="", compare=False)  # for ``ip -batch``; not compared
+
+
+# Below this many routes an apply writes them one netlink request at a time; above it, one
+# ``ip -batch`` exec (the kernel takes ~100k routes/s that way, pyroute2 ~4k/s).
+BULK_ROUTES = 16
+
+
+def batch_line(r: Route) -> str:
+    """``ip -batch`` line replacing ``r`` (the family comes from the ``-6`` of the exec)."""
+    tail = f"proto {r.proto} table {r.table}"
+    if r.kind == RTN_BLACKHOLE:
+        return f"route replace blackhole {r.dst} {tail}"
+    if r.gateway:
+        onlink = " onlink" if r.onlink else ""
+        return f"route replace {r.dst} via {r.gateway} dev {r.ifname}{onlink} {tail}"
+    scope = " scope link" if r.scope == RT_SCOPE_LINK else ""
+    return f"route replace {r.dst} dev {r.ifname} {tail}{scope}"
+
+
+def failed_batch_lines(stderr: str) -> set[int]:
+    """1-based line numbers ``ip -batch -force`` reports as "Command failed -:N"."""
+    out = set()
+    for line in stderr.splitlines():
+        if line.startswith("Command failed -:"):
+            num = line.rsplit(":", 1)[1].strip()
+            if num.isdigit():
+                out.add(int(num))
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,6 +133,7 @@ class Netlink(Protocol):
     async def delete_address(self, index: int, cidr: str) -> None: ...
     async def routes(self, table: int = MAIN_TABLE) -> list[Route]: ...
     async def route_replace(self, route: Route) -> None: ...
+    async def route_replace_many(self, routes: list[Route]) -> list[NetlinkError | None]: ...
     async def route_delete(self, route: Route) -> None: ...
     async def neighbours(self, ifindex: int) -> list[Neighbour]: ...
     async def neigh_replace(self, n: Neighbour) -> None: ...
@@ -134,6 +166,22 @@ def parse_link(m: Any) -> Link:
         oper_up=m.get("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
         mac=m.get("IFLA_ADDRESS") or "", vxlan=vx,
     )
+
+
+def link_from_json(d: dict[str, Any], index_of: dict[Any, Any]) -> Link:
+    """One element of ``ip -j -d link show`` as a ``Link``."""
+    info = d.get("linkinfo") or {}
+    kind = info.get("info_kind") or ""
+    vx: tuple[tuple[str, Any], ...] = ()
+    data = info.get("info_data") or {}
+    if kind == "vxlan":
+        vx = (("vni", data.get("id")), ("port", data.get("port")), ("local", data.get("local")),
+              ("link", index_of.get(data.get("link"))),
+              ("learning", int(bool(data.get("learning")))))
+    flags = d.get("flags") or []
+    return Link(index=d["ifindex"], name=d.get("ifname") or "", kind=kind, mtu=d.get("mtu") or 0,
+                up="UP" in flags, oper_up=d.get("operstate") in ("UP", "UNKNOWN"),
+                mac=d.get("address") or "", vxlan=vx)
 
 
 def _err(what: str, exc: Exception) -> NetlinkError:
@@ -175,8 +223,22 @@ class PyrouteNetlink:
         except Exception as exc:
             raise _err(what, exc) from exc
 
+    async def _ip_json(self, *args: str) -> list[dict[str, Any]]:
+        # Dumps go through iproute2's JSON: pyroute2 decodes ~0.6 ms per link (every
+        # attribute of every message), ``ip -j`` ~0.05 ms; requests stay on netlink.
+        self.requests += 1
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "-j", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise NetlinkError(f"ip -j {' '.join(args)}: {err.decode().strip()}")
+        data = json.loads(out or b"[]")
+        return data if isinstance(data, list) else []
+
     async def links(self) -> list[Link]:
-        return [parse_link(m) for m in await self._dump("dump links", "link", "dump")]
+        data = await self._ip_json("-d", "link", "show")
+        index_of = {d.get("ifname"): d.get("ifindex") for d in data}
+        return [link_from_json(d, index_of) for d in data]
 
     async def create_vxlan(self, name: str, *, vni: int, port: int, local: str,
                            parent_index: int, mac: str, mtu: int) -> None:
@@ -203,15 +265,13 @@ class PyrouteNetlink:
         await self._call(f"delete link {index}", "link", "del", index=index)
 
     async def addresses(self, index: int) -> list[str]:
-        out = []
-        for m in await self._dump("dump addresses", "addr", "dump", index=index):
-            out.append(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}")
-        return out
+        return [f"{a['local']}/{a['prefixlen']}" for d in await self._ip_json("addr", "show")
+                if d.get("ifindex") == index for a in d.get("addr_info", [])]
 
     async def address_owners(self) -> dict[str, int]:
         """Every local address (without prefix length) → the index of its interface."""
-        return {m.get("IFA_ADDRESS"): m["index"]
-                for m in await self._dump("dump addresses", "addr", "dump")}
+        return {a["local"]: d["ifindex"] for d in await self._ip_json("addr", "show")
+                for a in d.get("addr_info", [])}
 
     async def add_address(self, index: int, cidr: str) -> None:
         addr, _, plen = cidr.partition("/")
@@ -257,6 +317,40 @@ class PyrouteNetlink:
     async def route_replace(self, route: Route) -> None:
         await self._call(f"replace route {route.dst}", "route", "replace",
                          **self._route_kw(route))
+
+    async def route_replace_many(self, routes: list[Route]) -> list[NetlinkError | None]:
+        """Replace many routes; one ``ip -batch`` per family when there are enough of them.
+
+        Lines ``ip`` reports as failed are retried one by one over netlink, so each error
+        carries its errno (ENODEV: the interface is gone) like a single request's would.
+        """
+        results: list[NetlinkError | None] = [None] * len(routes)
+        families = {4: [i for i, r in enumerate(routes) if ":" not in r.dst],
+                    6: [i for i, r in enumerate(routes) if ":" in r.dst]}
+        for fam, idxs in families.items():
+            bulk = [i for i in idxs if routes[i].ifname or routes[i].kind == RTN_BLACKHOLE]
+            if len(bulk) < BULK_ROUTES:
+                bulk = []
+            retry = [i for i in idxs if i not in set(bulk)]
+            if bulk:
+                text = "\n".join(batch_line(routes[i]) for i in bulk) + "\n"
+                self.requests += 1
+                proc = await asyncio.create_subprocess_exec(
+                    "ip", *(["-6"] if fam == 6 else []), "-force", "-batch", "-",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE)
+                _, err = await proc.communicate(text.encode())
+                if proc.returncode != 0:
+                    failed = failed_batch_lines(err.decode(errors="replace"))
+                    retry += [bulk[n - 1] for n in sorted(failed) if 0 < n <= len(bulk)]
+                    if not failed:
+                        retry += bulk
+            for i in retry:
+                try:
+                    await self.route_replace(routes[i])
+                except NetlinkError as exc:
+                    results[i] = exc
+        return results
 
     async def route_delete(self, route: Route) -> None:
         kw = self._route_kw(route)

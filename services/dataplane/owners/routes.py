@@ -77,7 +77,7 @@ class LinkCache:
 
     async def index(self, name: str, *, refresh_if_missing: bool = True) -> int | None:
         link = self.by_name.get(name)
-        if link is None and refresh_if_missing:
+        if link is None and (refresh_if_missing or not self.refreshed_at):
             await self.refresh()
             link = self.by_name.get(name)
         return link.index if link else None
@@ -132,6 +132,7 @@ class RouteOwner:
         self._dirty: set[str] = set()
         self._need_readback = True
         self.pending: dict[str, str] = {}  # dst → missing interface
+        self._links_stale = False
         self.stats = RouteStats()
         self.last_readback = 0.0
 
@@ -167,6 +168,8 @@ class RouteOwner:
     def iface_appeared(self, ifname: str) -> None:
         """An interface came up: retry the routes waiting for it."""
         self._dirty.update(d for d, i in self.pending.items() if i == ifname)
+        if ifname not in self._links.by_name:
+            self._links_stale = True  # told by someone who did not update the cache
 
     @property
     def in_sync(self) -> bool:
@@ -197,59 +200,71 @@ class RouteOwner:
     async def _resolve(self, dst: str, t: RouteTarget) -> Route | None:
         if t.kind == "blackhole":
             return Route(dst=dst, kind=RTN_BLACKHOLE, proto=t.proto, table=self.table)
-        idx = await self._links.index(t.ifname)
+        idx = await self._links.index(t.ifname, refresh_if_missing=False)
         if idx is None:
             return None
         if t.kind == "dev":
             return Route(dst=dst, kind=RTN_UNICAST, ifindex=idx, proto=t.proto,
-                         scope=RT_SCOPE_LINK, table=self.table)
+                         scope=RT_SCOPE_LINK, table=self.table, ifname=t.ifname)
         return Route(dst=dst, kind=RTN_UNICAST, ifindex=idx, gateway=t.gateway,
-                     onlink=t.onlink, proto=t.proto, scope=RT_SCOPE_UNIVERSE, table=self.table)
+                     onlink=t.onlink, proto=t.proto, scope=RT_SCOPE_UNIVERSE, table=self.table,
+                     ifname=t.ifname)
 
     async def apply(self, allow_deletes: bool = True) -> bool:
         if self._need_readback:
             await self._resync()
+        elif self._links_stale:
+            await self._links.refresh()
+        self._links_stale = False
         # Routes waiting for an interface that has since appeared (a device another owner
         # just created shares this cache; workload interfaces arrive via link events).
         self._dirty.update(d for d, i in self.pending.items() if i in self._links.by_name)
         errors: list[str] = []
-        writes = 0
+        replaces: list[tuple[str, Route, Route | None]] = []
+        gone_iface = False
         for dst in sorted(self._dirty):
             want = self._desired.get(dst)
             have = self._kernel.get(dst)
-            try:
-                if want is not None:
-                    route = await self._resolve(dst, want)
-                    if route is None:
-                        self.pending[dst] = want.ifname
-                        continue
-                    self.pending.pop(dst, None)
-                    if have != route:
-                        await self._nl.route_replace(route)
-                        writes += 1
-                        if dst in self._written and have is None:
-                            self.stats.repaired += 1
-                        self._kernel[dst] = route
-                        self._written.add(dst)
-                elif have is not None:
-                    if not allow_deletes and dst not in self._written:
-                        continue
-                    try:
-                        await self._nl.route_delete(have)
-                        self.stats.deletes += 1
-                    except NetlinkError as exc:
-                        if exc.code not in _GONE:
-                            raise
-                    self._kernel.pop(dst, None)
-                    self._written.discard(dst)
-            except NetlinkError as exc:
-                if exc.code == ENODEV and want is not None:
-                    self.pending[dst] = want.ifname  # the interface went away meanwhile
-                    await self._links.refresh()
+            if want is not None:
+                route = await self._resolve(dst, want)
+                if route is None:
+                    self.pending[dst] = want.ifname
                     continue
-                errors.append(str(exc))
-                continue
+                self.pending.pop(dst, None)
+                if have != route:
+                    replaces.append((dst, route, have))
+                    continue
+            elif have is not None:
+                if not allow_deletes and dst not in self._written:
+                    continue
+                try:
+                    await self._nl.route_delete(have)
+                    self.stats.deletes += 1
+                except NetlinkError as exc:
+                    if exc.code not in _GONE:
+                        errors.append(str(exc))
+                        continue
+                self._kernel.pop(dst, None)
+                self._written.discard(dst)
             self._dirty.discard(dst)
+        # All the writes of this apply in one go (one ip -batch when there are many).
+        results = await self._nl.route_replace_many([r for _, r, _ in replaces])
+        writes = 0
+        for (dst, route, have), err in zip(replaces, results, strict=True):
+            if err is None:
+                writes += 1
+                if dst in self._written and have is None:
+                    self.stats.repaired += 1
+                self._kernel[dst] = route
+                self._written.add(dst)
+                self._dirty.discard(dst)
+            elif err.code == ENODEV:
+                self.pending[dst] = route.ifname  # the interface went away meanwhile
+                gone_iface = True
+            else:
+                errors.append(str(err))
+        if gone_iface:
+            await self._links.refresh()
         self._dirty.difference_update(self.pending)
         self.stats.writes += writes
         self.stats.last_apply_writes = writes
@@ -318,7 +333,7 @@ class NeighbourOwner:
     async def apply(self, allow_deletes: bool = True) -> bool:
         if not self._dirty:
             return False
-        idx = await self._links.index(self.ifname)
+        idx = await self._links.index(self.ifname, refresh_if_missing=False)
         if idx is None:
             return False  # the device manager creates it; retried on its next apply
         if self._kernel is None:
@@ -380,7 +395,7 @@ class FdbOwner:
     async def apply(self, allow_deletes: bool = True) -> bool:
         if not self._dirty:
             return False
-        idx = await self._links.index(self.ifname)
+        idx = await self._links.index(self.ifname, refresh_if_missing=False)
         if idx is None:
             return False
         if self._kernel is None:
