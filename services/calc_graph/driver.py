@@ -160,4 +160,3 @@ class GraphDriver:
         for bsub in list(self.bgp_subscribers):
             bsub.close()
             self.unsubscribe_bgp(bsub)
-

@@ -71,6 +71,8 @@ class NodeRouteInfo:
     v6: str = ""
     v4_net: IPNetwork | None = None
     v6_net: IPNetwork | None = None
+    v4_addr: IPAddress | None = None
+    v6_addr: IPAddress | None = None
     hosts: tuple[str, ...] = ()  # host-route destinations
     tunnels: tuple[tuple[str, str], ...] = ()  # (destination, tunnel kind)
 
@@ -137,6 +139,7 @@ class RouteResolver:
         self.blocks_by_node: dict[str, set[str]] = {}
         # Messages built during this flush, shared by every node that derives the same route.
         self._memo: dict[tuple[Any, ...], fb.ToDataplane] = {}
+        self._cover: dict[str, PoolRoute | None] = {}  # destination -> covering pool
         # Since the last flush:
         self.dirty: set[str] = set()
         self.nodes_changed: set[str] = set()
@@ -165,6 +168,7 @@ class RouteResolver:
         if old == new:
             return
         self._pools_by_len = sorted(self._pools.values(), key=lambda p: -p.net.prefixlen)
+        self._cover = {}
         if old is not None:
             self._update(old.cidr, lambda e: setattr(e, "pool", None))
         if new is not None:
@@ -202,6 +206,8 @@ class RouteResolver:
                 v6=v6,
                 v4_net=_net(v4_cidr) if v4_cidr else None,
                 v6_net=_net(v6_cidr) if v6_cidr else None,
+                v4_addr=ipaddress.ip_address(v4) if v4 else None,
+                v6_addr=ipaddress.ip_address(v6) if v6 else None,
                 hosts=tuple(sorted(hosts)),
                 tunnels=tuple(sorted(tunnels)),
             )
@@ -260,11 +266,21 @@ class RouteResolver:
     # -- per-node view -----------------------------------------------------------------------
 
     def cover(self, dst: str) -> PoolRoute | None:
+        """The longest-prefix pool containing ``dst`` (memoised until pools change)."""
+        try:
+            return self._cover[dst]
+        except KeyError:
+            pass
+        found = None
         net = _net(dst)
         for pool in self._pools_by_len:
             if pool.net.version == net.version and net.subnet_of(pool.net):  # type: ignore[arg-type]
-                return pool
-        return None
+                found = pool
+                break
+        if len(self._cover) > 1_000_000:
+            self._cover = {}
+        self._cover[dst] = found
+        return found
 
     def node_ip(self, node: str, v6: bool) -> str:
         info = self._nodes.get(node)
@@ -305,13 +321,15 @@ class RouteResolver:
             types |= LOCAL_WORKLOAD
         pool = self.cover(dst)
         v6 = ":" in dst
-        owner_ip = self.node_ip(owner, v6) if owner else ""
-        same_subnet = (
-            pool is not None
-            and pool.cross_subnet
-            and bool(owner_ip)
-            and self._same_subnet(me, owner_ip, v6)
-        )
+        owner_info = self._nodes.get(owner) if owner else None
+        owner_ip = "" if owner_info is None else (owner_info.v6 if v6 else owner_info.v4)
+        same_subnet = False
+        if pool is not None and pool.cross_subnet and owner_info is not None:
+            mine = self._nodes.get(me)
+            if mine is not None:
+                net = mine.v6_net if v6 else mine.v4_net
+                addr = owner_info.v6_addr if v6 else owner_info.v4_addr
+                same_subnet = net is not None and addr is not None and addr in net
         key = (dst, types, owner, local, same_subnet)
         msg = self._memo.get(key)
         if msg is not None:
@@ -333,13 +351,6 @@ class RouteResolver:
         msg = fb.ToDataplane(route_update=rt)
         self._memo[key] = msg
         return msg
-
-    def _same_subnet(self, me: str, ip: str, v6: bool) -> bool:
-        info = self._nodes.get(me)
-        if info is None:
-            return False
-        net = info.v6_net if v6 else info.v4_net
-        return net is not None and ipaddress.ip_address(ip) in net
 
     def end_flush(self) -> None:
         self._memo = {}
