@@ -9,12 +9,20 @@ the driver calls it from the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from opentelemetry import trace
 
 from libcalico.api.felix import felixbackend_pb2 as fb
 from libcalico.runtime.log import get_logger
-from libcalico.runtime.telemetry import inject_traceparent, start_span_from_traceparent
+from libcalico.runtime.telemetry import (
+    context_from_traceparent,
+    get_tracer,
+    inject_traceparent,
+    link_from_traceparent,
+)
 
 from .active_rules import ActiveRules, PolicyTable
 from .bgp_view import BGPView
@@ -34,6 +42,20 @@ from .rule_scanner import KIND_GLOBAL_NETWORK_POLICY, KIND_NETWORK_POLICY, RuleS
 from .vxlan_resolver import VXLANResolver
 
 log = get_logger(__name__)
+
+MAX_LINKS = 32
+
+
+@contextmanager
+def _flush_span(traceparent: str, causes: Iterable[str]) -> Iterator[trace.Span]:
+    """One span per flush: a child of the latest change it carries, linked to the others, so
+    every batch's ``traceparent`` leads back to each datastore write it reflects."""
+    links = [link for tp in causes if (link := link_from_traceparent(tp)) is not None]
+    parent = context_from_traceparent(traceparent) if traceparent else None
+    with get_tracer().start_as_current_span(
+        "calc_graph.flush", context=parent, links=links
+    ) as span:
+        yield span
 
 
 class CalcGraph:
@@ -61,7 +83,8 @@ class CalcGraph:
         self.in_sync = False
         self.revision = 0
         self.flushes = 0
-        self._traceparent = ""
+        self._traceparent = ""  # the latest change's; the flush span is its child
+        self._causes: dict[str, None] = {}  # earlier changes in this cycle; linked, at most 32
         self._dirty = False
         self.on_flush_needed: Callable[[], None] = lambda: None
 
@@ -75,7 +98,9 @@ class CalcGraph:
             if rev > self.revision:
                 self.revision = rev
             tp = getattr(update, "traceparent", "")
-            if tp:
+            if tp and tp != self._traceparent:
+                if self._traceparent and len(self._causes) < MAX_LINKS:
+                    self._causes[self._traceparent] = None
                 self._traceparent = tp
         self._dirty = True
 
@@ -157,7 +182,7 @@ class CalcGraph:
             moved = self.policies.index.rehint() + self.ipsets.index.rehint()
             log.info("in sync", selectors_rehinted=moved, stats=self.stats())
         queued = 0
-        with start_span_from_traceparent("calc_graph.flush", self._traceparent) as span:
+        with _flush_span(self._traceparent, self._causes) as span:
             traceparent = inject_traceparent() or self._traceparent
             globals_dirty = self._globals_dirty()
             for name in self.routes.nodes_changed:
@@ -191,6 +216,7 @@ class CalcGraph:
         self.profiles.end_flush()
         self.bgp.end_flush()
         self._traceparent = ""
+        self._causes = {}
         return queued
 
     def _flush_view(

@@ -697,8 +697,13 @@ def test_unconvertible_rules_fail_closed() -> None:
     g = graph_with(
         f.namespace("ns1"),
         f.wep("ns1", "a", "n1", "10.0.0.1", {"app": "a"}),
-        f.global_policy("broken", {"selector": "app == 'a'", "ingress": [
-            {"action": "Allow", "source": {"selector": "app == "}}]}),  # not a selector
+        f.global_policy(
+            "broken",
+            {
+                "selector": "app == 'a'",
+                "ingress": [{"action": "Allow", "source": {"selector": "app == "}}],
+            },
+        ),  # not a selector
     )
     sub = Subscriber("n1")
     g.subscribe(sub)
@@ -725,3 +730,35 @@ def test_closed_views_are_freed() -> None:
         assert view() is None  # freed by reference counting alone: no cycle
     finally:
         gc.enable()
+
+
+def test_flush_span_continues_the_latest_change_and_links_the_others() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from libcalico.runtime.telemetry import setup_tracing
+
+    spans = InMemorySpanExporter()
+    setup_tracing("calc-graph-unit", jsonl=False, extra_processors=[SimpleSpanProcessor(spans)])
+    try:
+        g = graph_with(f.namespace("ns1"))
+        sub = Subscriber("n1")
+        g.subscribe(sub)
+        g.flush()
+        sub.drain()
+        first = "00-" + "11" * 16 + "-" + "22" * 8 + "-01"
+        second = "00-" + "33" * 16 + "-" + "44" * 8 + "-01"
+        a, b = f.wep("ns1", "a", "n1", "10.0.0.1"), f.wep("ns1", "b", "n1", "10.0.0.2")
+        g.on_updates(
+            [Update(a.key, a.value, 10**6, first), Update(b.key, b.value, 10**6 + 1, second)]
+        )
+        g.flush()
+        (batch,) = sub.drain()
+        flush = [s for s in spans.get_finished_spans() if s.name == "calc_graph.flush"][-1]
+        assert f"{flush.context.trace_id:032x}" == "33" * 16
+        assert flush.parent is not None and f"{flush.parent.span_id:016x}" == "44" * 8
+        assert [f"{link.context.trace_id:032x}" for link in flush.links] == ["11" * 16]
+        assert batch.traceparent == f"00-{'33' * 16}-{flush.context.span_id:016x}-01"
+        assert batch.revision == 10**6 + 1
+    finally:
+        setup_tracing("calc-graph-unit", jsonl=False)
