@@ -94,7 +94,11 @@ def find_plugin(plugin_type: str, path: list[str]) -> str:
 
 
 class Delegate:
-    """One run of a delegated (IPAM) plugin: started now, waited for later."""
+    """One run of a delegated (IPAM) plugin: started now, waited for later.
+
+    A 1.1.0 config given to an IPAM plugin that only speaks up to 1.0.0 (calico-ipam today)
+    is retried once as 1.0.0: the result format is the same, so nothing is lost.
+    """
 
     def __init__(
         self, plugin_type: str, command: str, args: CmdArgs, stdin: bytes,
@@ -102,9 +106,16 @@ class Delegate:
     ) -> None:
         self.plugin_type = plugin_type
         self.command = command
-        binary = find_plugin(plugin_type, args.path)
-        child_env = dict(env)
-        child_env["CNI_COMMAND"] = command
+        self.args = args
+        self.stdin = stdin
+        self.env = env
+        self._outcome: dict[str, Any] | CniError | None = None
+        self._start(stdin)
+
+    def _start(self, stdin: bytes) -> None:
+        binary = find_plugin(self.plugin_type, self.args.path)
+        child_env = dict(self.env)
+        child_env["CNI_COMMAND"] = self.command
         try:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
                 [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -118,7 +129,35 @@ class Delegate:
         self.proc.stdin.close()
 
     def wait(self) -> dict[str, Any]:
-        """The plugin's JSON output (``{}`` when it printed nothing); raises its error."""
+        """The plugin's JSON output (``{}`` when it printed nothing); raises its error.
+        Waiting again gives the same outcome."""
+        if self._outcome is None:
+            try:
+                self._outcome = self._wait()
+            except CniError as exc:
+                self._outcome = exc
+                older = self._as_100()
+                if exc.code == spec.ERR_INCOMPATIBLE_VERSION and older is not None:
+                    self._start(older)
+                    try:
+                        self._outcome = self._wait()
+                    except CniError as again:
+                        self._outcome = again
+        if isinstance(self._outcome, CniError):
+            raise self._outcome
+        return self._outcome
+
+    def _as_100(self) -> bytes | None:
+        try:
+            conf = json.loads(self.stdin)
+        except ValueError:
+            return None
+        if not isinstance(conf, dict) or conf.get("cniVersion") != "1.1.0":
+            return None
+        conf["cniVersion"] = "1.0.0"
+        return json.dumps(conf).encode()
+
+    def _wait(self) -> dict[str, Any]:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         out = self.proc.stdout.read()
         err = self.proc.stderr.read()
@@ -302,7 +341,7 @@ class CalicoPlugin:
                 raise
         except BaseException as exc:
             if ipam is not None and not allocated:
-                # The datastore check failed while the IPAM plugin ran: let it finish first.
+                # Something failed while the IPAM plugin ran: see whether it allocated.
                 try:
                     ipam.wait()
                     allocated = True

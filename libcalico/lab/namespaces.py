@@ -2,10 +2,11 @@
 
 Calico's Kubernetes datastore derives a Profile per namespace; with etcd, kube-controllers
 writes it. Either way it carries the namespace's labels as ``labelsToApply``, each key
-prefixed ``pcns.`` (plus ``pcns.kubernetes.io/metadata.name``), and allows all traffic, so
-a namespace adds labels to its pods' endpoints and no policy of its own. The lab writes the
-same resource (``libcalico.model.namespace_profile``); the namespace's labels are read back
-from it, so the datastore is the only record.
+prefixed ``pcns.``, plus ``pcns.projectcalico.org/name``, and allows all traffic, so a
+namespace adds labels to its pods' endpoints and no policy of its own. Kubernetes (1.21+)
+gives every namespace the label ``kubernetes.io/metadata.name=<name>``, so the lab does too.
+The lab writes the same resource (``libcalico.model.namespace_profile``); the namespace's
+labels are read back from it, so the datastore is the only record.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from libcalico.model.names import is_dns1123_label, label_value_problem, qualifi
 PREFIX = "kns."
 LABEL_PREFIX = "pcns."
 NAME_LABEL = "kubernetes.io/metadata.name"
+CALICO_NAME_LABEL = "projectcalico.org/name"
+
+
+def profile(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The ``kns.<name>`` profile for a namespace with these labels (and the automatic
+    ``kubernetes.io/metadata.name``)."""
+    return dict(namespace_profile(name, {**labels, NAME_LABEL: name}))
 
 
 def check_name(name: str) -> None:
@@ -59,7 +67,8 @@ def labels_of(profile: Mapping[str, Any]) -> dict[str, str]:
     apply = (profile.get("spec") or {}).get("labelsToApply") or {}
     return {
         k[len(LABEL_PREFIX):]: str(v) for k, v in apply.items()
-        if k.startswith(LABEL_PREFIX) and k[len(LABEL_PREFIX):] != NAME_LABEL
+        if k.startswith(LABEL_PREFIX)
+        and k[len(LABEL_PREFIX):] not in (NAME_LABEL, CALICO_NAME_LABEL)
     }
 
 
@@ -79,7 +88,7 @@ async def ensure(
     if current is not None:
         return current, False
     try:
-        return await ds.create(namespace_profile(name, dict(labels or {}))), True
+        return await ds.create(profile(name, dict(labels or {}))), True
     except AlreadyExistsError:
         again = await get(ds, name)
         assert again is not None
@@ -109,10 +118,10 @@ async def relabel(
                 labels.pop(key, None)
             else:
                 labels[key] = value
-        desired = namespace_profile(name, labels)
+        desired = profile(name, labels)
         meta: dict[str, Any] = dict(current["metadata"])
         meta["name"] = PREFIX + name
-        desired["metadata"] = meta  # type: ignore[typeddict-item]
+        desired["metadata"] = meta
         try:
             return await ds.update(desired)
         except ConflictError:  # a concurrent change: read again and retry

@@ -88,7 +88,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("exec", parents=[common], help="run a command in a pod's namespace")
     p.add_argument("pod", metavar="<ns>/<name>")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- <cmd>")
+    # REMAINDER: the command's own options must not be parsed as ours. Options of ours given
+    # after the pod (``--state-dir DIR``) are picked out of it before the ``--`` (see _exec).
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- <cmd>",
+                   help="the command and its arguments, after --")
 
     p = sub.add_parser("probe", parents=[common],
                        help="try one connection from a pod; exit 0 if it works, 1 if not")
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace, layout: Layout) -> int:
         if args.command == "probe":
             return _probe(LabNodes(layout), args)
         if args.command == "exec":
-            return _exec(LabNodes(layout), args)
+            return _exec(layout, args)
         with _shared_lock(layout):
             lab = LabNodes(layout)
             if args.command == "pod":
@@ -188,14 +191,25 @@ def _pod_list(recs: list[dict[str, Any]], output: str | None) -> int:
     return 0
 
 
-def _exec(lab: Any, args: argparse.Namespace) -> int:
+def _exec(layout: Layout, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from libcalico.lab import pods
+    from libcalico.lab.nodes import LabNodes
 
     cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    if "--" in cmd:
+        ours, cmd = cmd[:cmd.index("--")], cmd[cmd.index("--") + 1:]
+        if ours:
+            opts = argparse.ArgumentParser(prog="calico-lab exec", add_help=False)
+            opts.add_argument("--state-dir", default=str(layout.root))
+            parsed, unknown = opts.parse_known_args(ours)
+            if unknown:
+                return _err(f"exec: unknown options before --: {' '.join(unknown)}")
+            layout = Layout(Path(parsed.state_dir).resolve())
     if not cmd:
         return _err("exec needs a command after --")
+    lab = LabNodes(layout)
     ns, name = pods.parse_ref(args.pod)
     argv = pods.exec_argv(lab, ns, name, cmd)
     sys.stdout.flush()
