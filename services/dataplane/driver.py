@@ -356,6 +356,16 @@ class Driver:
 
         await asyncio.wait_for(cond(), timeout)
 
+    async def warm_up(self) -> None:
+        """Start-up work done while the snapshot is still on its way: open the netlink
+        socket and learn the interfaces, so the first apply is only the writes."""
+        try:
+            await self.nl.open()
+            await self.links.refresh()
+            self._links_fresh = True
+        except (KernelError, OSError) as exc:
+            log.warning("warm-up failed (the first apply will retry): %s", exc)
+
     # -- loops -----------------------------------------------------------------------------
 
     async def _ingest(self, source: BatchSource) -> None:
@@ -404,6 +414,7 @@ class Driver:
 
     async def run(self, source: BatchSource, *, watch_links: bool = True) -> None:
         """Run until the source ends (tests) or the task is cancelled (the process)."""
+        await self.warm_up()
         async with asyncio.TaskGroup() as tg:
             loops = [
                 tg.create_task(self._apply_loop(), name="dataplane-apply"),

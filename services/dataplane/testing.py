@@ -108,6 +108,9 @@ class FakeNetlink:
 
     # -- Netlink ---------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        pass
+
     async def links(self) -> list[Link]:
         return list(self.links_by_index.values())
 
