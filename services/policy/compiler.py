@@ -35,13 +35,13 @@ Not thread-safe: one compiler per driver (or per gRPC stream).
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from libcalico.api.felix import felixbackend_pb2 as fb
 from libcalico.errors import ValidationError
+from libcalico.runtime.log import get_logger
 
 from . import names
 from .config import CompilerConfig
@@ -53,7 +53,7 @@ from .nftables import render as nft
 from .rules import dispatch, endpoints, nat, policy, static
 from .rules.context import Context
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TABLES = ("raw", "mangle", "nat", "filter")
 IPTABLES, NFT = "iptables", "nft"
@@ -632,7 +632,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _logged(result: CompileResult) -> CompileResult:
     for w in result.warnings:
-        log.warning("%s", w)
+        log.warning("policy compiler finding", detail=w)
     return result
 
 

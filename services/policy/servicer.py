@@ -9,6 +9,7 @@ used by one call at a time, because a stream's requests are handled in order).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -18,6 +19,7 @@ from libcalico.api.policy.v1 import policy_pb2_grpc as pb_grpc
 
 from .compiler import FLAVORS, TABLES, CompileResult, KernelHook, PolicyCompiler
 from .config import CompilerConfig
+from .metrics import CHAINS_RENDERED, COMPILE_SECONDS, STREAMS
 
 
 def result_pb(seq: int, result: CompileResult, hooks: list[KernelHook]) -> pb.CompileResponse:
@@ -61,6 +63,7 @@ class PolicyServicer(pb_grpc.PolicyCompilerServicer):
         async for req in request_iterator:
             first = compiler is None
             if compiler is None:
+                STREAMS.inc()
                 cfg = self._base.with_felix(dict(req.config)) if req.config else self._base
                 compiler = PolicyCompiler(cfg, flavors=list(req.flavors) or FLAVORS)
             result = await loop.run_in_executor(None, _compile, compiler, req)
@@ -69,5 +72,10 @@ class PolicyServicer(pb_grpc.PolicyCompilerServicer):
 
 
 def _compile(compiler: PolicyCompiler, req: pb.CompileRequest) -> CompileResult:
+    t = time.perf_counter()
     result = compiler.apply(req.messages)
-    return compiler.full() if req.full else result
+    if req.full:
+        result = compiler.full()
+    COMPILE_SECONDS.labels("full" if req.full else "incremental").observe(time.perf_counter() - t)
+    CHAINS_RENDERED.inc(sum(len(d.chains) for d in result.iptables.values()))
+    return result
