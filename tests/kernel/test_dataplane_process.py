@@ -16,6 +16,7 @@ endpoints), so the messages are calc_graph's, not hand-built. Proven here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -239,3 +240,32 @@ async def test_driver_processes_with_calc_graph(
             log = (tmp_path / f"{n}.log").read_text(errors="replace")
             print(f"--- {n} driver log (last 40 lines) ---\n" + "\n".join(log.splitlines()[-40:]))
     assert codes == {"node-1": 0, "node-2": 0}
+
+
+async def test_example_driver_follows_the_contract(
+    calc_graph: tuple[CalcGraphService, str], datastore_client: DatastoreClient,
+) -> None:
+    """The documented skeleton: logs the stream, reports in-sync and endpoint status."""
+    from services.dataplane import example_driver
+
+    svc, target = calc_graph
+    await datastore_client.apply(res("Profile", "kns.default", {
+        "ingress": [{"action": "Allow"}], "egress": [{"action": "Allow"}]}))
+    await datastore_client.apply(wep("node-1", "pod-a", "10.244.1.2", "cali0123456789a"))
+    task = asyncio.create_task(example_driver.run(target, "node-1"))
+    try:
+        def reported() -> None:
+            st = svc.driver.status.nodes["node-1"]
+            assert st.dataplane_in_sync and st.process_timestamp
+            assert svc.driver.status.endpoint_statuses("node-1") == {
+                "wep:k8s/default/pod-a/eth0": "up"}
+
+        await eventually(reported, what="the example driver's reports")
+        await datastore_client.delete("WorkloadEndpoint",
+                                      wep_name("node-1", "k8s", "pod-a", "eth0"), "default")
+        await eventually(lambda: svc.driver.status.endpoint_statuses("node-1") == {},
+                         what="the endpoint's status removed")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
