@@ -29,7 +29,8 @@ Ordering contract for the driver (as Felix applies): ipset restore → iptables-
 table → ipset destroys. The nft script is already ordered (sets, chains, rules, map elements,
 chain deletions, set deletions) and atomic.
 
-Not thread-safe: one compiler per driver (or per gRPC stream).
+``PolicyCompiler(config, flavors=("nft",))`` renders only what a driver programs; both
+flavours by default. Not thread-safe: one compiler per driver (or per gRPC stream).
 """
 
 from __future__ import annotations
