@@ -24,7 +24,7 @@ an established node get ``snapshot`` too, taken after that flush's deltas.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from libcalico.api.felix import felixbackend_pb2 as fb
 
@@ -75,6 +75,8 @@ class NodeState(Protocol):
 
     def endpoint_message(self, key: ItemKey) -> fb.ToDataplane | None: ...
 
+    def endpoint_fingerprint(self, key: ItemKey) -> tuple[Any, ...] | None: ...
+
     def endpoint_keys(self) -> list[ItemKey]: ...
 
     def local_route(self, dst: str) -> bool: ...
@@ -101,13 +103,6 @@ def endpoint_remove(key: ItemKey, wep_id: tuple[str, str, str] | None) -> fb.ToD
     )
 
 
-def _wep_id(msg: fb.ToDataplane) -> tuple[str, str, str] | None:
-    if msg.HasField("workload_endpoint_update"):
-        i = msg.workload_endpoint_update.id
-        return (i.orchestrator_id, i.workload_id, i.endpoint_id)
-    return None
-
-
 class EventSequencer:
     def __init__(self, node: str, state: NodeState) -> None:
         self.node = node
@@ -121,8 +116,12 @@ class EventSequencer:
         self.sent_ipsets: set[str] = set()
         self.sent_policies: set[PolicyKey] = set()
         self.sent_profiles: set[str] = set()
-        self.sent_endpoints: dict[ItemKey, fb.ToDataplane] = {}
-        self.sent_routes: set[str] = set()
+        # What each sent endpoint message was built from (``endpoint_fingerprint``): storing
+        # the messages themselves cost a protobuf copy per endpoint per node.
+        self.sent_endpoints: dict[ItemKey, tuple[Any, ...]] = {}
+        # The node's own workload /32s sent as routes; cluster-wide routes' existence at the
+        # last flush is tracked once by the route resolver.
+        self.local_sent: set[str] = set()
         self.fresh = True
 
     def has_local_changes(self) -> bool:
@@ -158,11 +157,10 @@ class EventSequencer:
         self.sent_profiles = set(s.active_profiles())
         self.sent_endpoints = {}
         for key in s.endpoint_keys():
-            msg = s.endpoint_message(key)
-            if msg is not None:
-                self.sent_endpoints[key] = msg
-        self.sent_routes = set(g.routes.entries)
-        self.sent_routes.update(s.local_routes())
+            fp = s.endpoint_fingerprint(key)
+            if fp is not None:
+                self.sent_endpoints[key] = fp
+        self.local_sent = set(s.local_routes())
         self.fresh = False
         self._clear()
 
@@ -172,13 +170,22 @@ class EventSequencer:
             out.extend(ipset_messages(g, set_id))
         out.extend(g.policies.parsed_policy(k).message for k in self.sent_policies)
         out.extend(g.policies.parsed_profile(n).message for n in self.sent_profiles)
-        out.extend(self.sent_endpoints.values())
+        for key in self.sent_endpoints:
+            msg = self._state.endpoint_message(key)
+            if msg is not None:
+                out.append(msg)
         out.extend(g.profiles.service_accounts.snapshot())
         out.extend(g.profiles.namespaces.snapshot())
         out.extend(g.vxlan.vteps.snapshot())
-        local = self._state.local_route
-        for dst in self.sent_routes:
-            msg = g.routes.route_for(self.node, dst, local(dst))
+        local = self.local_sent
+        route_for = g.routes.route_for
+        for dst in g.routes.entries:
+            if dst not in local:
+                msg = route_for(self.node, dst, False)
+                if msg is not None:
+                    out.append(msg)
+        for dst in local:
+            msg = route_for(self.node, dst, True)
             if msg is not None:
                 out.append(msg)
         out.extend(g.passthru.hosts.snapshot())
@@ -259,16 +266,18 @@ class EventSequencer:
                 profile_removes.append(name)
         endpoint_removes = []
         for key in self.dirty_endpoints:
-            msg = s.endpoint_message(key)
-            if msg is not None:
-                if self.sent_endpoints.get(key) != msg:
-                    out.append(msg)
-                    self.sent_endpoints[key] = msg
+            fp = s.endpoint_fingerprint(key)
+            if fp is not None:
+                if self.sent_endpoints.get(key) != fp:
+                    msg = s.endpoint_message(key)
+                    if msg is not None:
+                        out.append(msg)
+                    self.sent_endpoints[key] = fp
             elif key in self.sent_endpoints:
                 endpoint_removes.append(key)
 
         for key in endpoint_removes:
-            out.append(endpoint_remove(key, _wep_id(self.sent_endpoints.pop(key))))
+            out.append(endpoint_remove(key, self.sent_endpoints.pop(key)[0]))
         for name in profile_removes:
             out.append(
                 fb.ToDataplane(
@@ -296,22 +305,31 @@ class EventSequencer:
                 out.extend(rm)
                 out.extend(up)
 
-        dsts = set(g.routes.dirty)
-        dsts.update(self.dirty_routes)
+        routes = g.routes
         if self.all_routes_dirty:
-            dsts.update(self.sent_routes)
+            dsts = set(routes.entries)
+            dsts.update(routes.dirty)
+            dsts.update(self.local_sent)
             dsts.update(s.local_routes())
+        elif self.dirty_routes:
+            dsts = routes.dirty | self.dirty_routes
+        else:
+            dsts = routes.dirty
         route_removes = []
         route_updates = []
-        local = s.local_route
+        local_now = s.local_route
+        local_sent = self.local_sent
         for dst in dsts:
-            msg = g.routes.route_for(self.node, dst, local(dst))
+            local = local_now(dst)
+            msg = routes.route_for(self.node, dst, local)
             if msg is not None:
                 route_updates.append(msg)
-                self.sent_routes.add(dst)
-            elif dst in self.sent_routes:
+            elif dst in local_sent or routes.existed(dst):
                 route_removes.append(route_remove(dst))
-                self.sent_routes.discard(dst)
+            if local:
+                local_sent.add(dst)
+            else:
+                local_sent.discard(dst)
         out.extend(route_removes)
         if g.vxlan.vteps.dirty:
             rm, up = g.vxlan.vteps.changes()

@@ -10,7 +10,7 @@ Opening a view replays the node's endpoints through it; closing it releases ever
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from libcalico.api.felix import felixbackend_pb2 as fb
 
@@ -110,6 +110,28 @@ class NodeView:
 
     def local_routes(self) -> list[str]:
         return list(self._routes)
+
+    def endpoint_fingerprint(self, key: ItemKey) -> tuple[Any, ...] | None:
+        """Everything the endpoint's message is made of, as comparable values (first the
+        workload ID, which a remove needs): equal fingerprints, equal messages."""
+        ep = self.endpoints.get(key)
+        if ep is None:
+            return None
+        return (
+            ep.wep_id,
+            ep.kind,
+            ep.iface,
+            ep.mac,
+            ep.profile_ids,
+            ep.nets,
+            ep.ipv4_nat,
+            ep.ipv6_nat,
+            ep.allow_spoofed,
+            tuple(sorted(ep.annotations.items())) if ep.annotations else None,
+            ep.expected_v4,
+            ep.expected_v6,
+            self._tiers(ep).key,
+        )
 
     def endpoint_message(self, key: ItemKey) -> fb.ToDataplane | None:
         ep = self.endpoints.get(key)

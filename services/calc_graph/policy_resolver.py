@@ -76,13 +76,14 @@ class PolicyMeta:
 
 
 class ResolvedTiers:
-    __slots__ = ("forward", "normal", "pre_dnat", "untracked")
+    __slots__ = ("forward", "key", "normal", "pre_dnat", "untracked")
 
     def __init__(self) -> None:
         self.normal: list[fb.TierInfo] = []
         self.untracked: list[fb.TierInfo] = []
         self.pre_dnat: list[fb.TierInfo] = []
         self.forward: list[fb.TierInfo] = []
+        self.key: tuple[Any, ...] = ()  # the same content has the same key
 
 
 class PolicySorter:
@@ -150,6 +151,18 @@ class PolicySorter:
             ):
                 if ti.ingress_policies or ti.egress_policies:
                     lst.append(ti)
+        out.key = tuple(
+            tuple(
+                (
+                    t.name,
+                    t.default_action,
+                    tuple((p.kind, p.namespace, p.name) for p in t.ingress_policies),
+                    tuple((p.kind, p.namespace, p.name) for p in t.egress_policies),
+                )
+                for t in lst
+            )
+            for lst in (out.normal, out.untracked, out.pre_dnat, out.forward)
+        )
         return out
 
 

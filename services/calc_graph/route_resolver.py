@@ -78,6 +78,14 @@ class NodeRouteInfo:
 
 
 @dataclass(slots=True)
+class _Facts:
+    msg: fb.ToDataplane | None  # what a node not named in the route gets (no same-subnet)
+    nodes: frozenset[str]  # nodes the route names: they derive their own variant
+    owner_addr: IPAddress | None  # set when a CrossSubnet pool makes same_subnet matter
+    v6: bool
+
+
+@dataclass(slots=True)
 class RouteEntry:
     pool: PoolRoute | None = None
     block_owner: str = ""
@@ -140,6 +148,11 @@ class RouteResolver:
         # Messages built during this flush, shared by every node that derives the same route.
         self._memo: dict[tuple[Any, ...], fb.ToDataplane] = {}
         self._cover: dict[str, PoolRoute | None] = {}  # destination -> covering pool
+        # Per destination, this flush: the generic message most nodes get, and what decides
+        # whether a node is one of the few that need their own variant.
+        self._facts: dict[str, _Facts] = {}
+        # Destinations changed since the last flush -> whether they existed at that flush.
+        self._existed: dict[str, bool] = {}
         # Since the last flush:
         self.dirty: set[str] = set()
         self.nodes_changed: set[str] = set()
@@ -169,6 +182,8 @@ class RouteResolver:
             return
         self._pools_by_len = sorted(self._pools.values(), key=lambda p: -p.net.prefixlen)
         self._cover = {}
+        self._memo = {}
+        self._facts = {}
         if old is not None:
             self._update(old.cidr, lambda e: setattr(e, "pool", None))
         if new is not None:
@@ -215,6 +230,7 @@ class RouteResolver:
         if old == new:
             return
         self._memo = {}
+        self._facts = {}
         for dst in old.hosts if old else ():
             self._update(dst, lambda e: e.hosts.discard(name), node=name, link=False)
         for dst, kind in old.tunnels if old else ():
@@ -251,8 +267,11 @@ class RouteResolver:
                 self._update(dst, lambda e, h=host: setattr(e, "borrowed_owner", h), node=host)
 
     def _update(self, dst: str, change: Any, node: str = "", link: bool = True) -> None:
-        if self._memo:
+        if self._memo or self._facts:
             self._memo = {}  # facts changed: shared messages are stale
+            self._facts = {}
+        if dst not in self._existed:
+            self._existed[dst] = dst in self.entries
         entry = self.entries.get(dst)
         if entry is None:
             entry = self.entries[dst] = RouteEntry()
@@ -288,12 +307,57 @@ class RouteResolver:
             return ""
         return info.v6 if v6 else info.v4
 
+    def existed(self, dst: str) -> bool:
+        """Whether ``dst`` was a cluster-wide route at the last flush."""
+        existed = self._existed.get(dst)
+        return (dst in self.entries) if existed is None else existed
+
     def route_for(self, me: str, dst: str, local: bool) -> fb.ToDataplane | None:
         """Node ``me``'s ``RouteUpdate`` for ``dst`` (``local``: a workload of ``me`` has it).
 
-        Only the LOCAL/REMOTE bits, ``local_workload`` and ``same_subnet`` depend on ``me``, so
-        the message is built once per flush for each distinct outcome and shared.
+        Only the LOCAL/REMOTE bits, ``local_workload`` and ``same_subnet`` depend on ``me``. A
+        node that is not named by the route and has no workload at it gets one of two shared
+        messages (same subnet as the route's node or not), decided with one lookup; the others
+        take the full derivation, memoised per outcome.
         """
+        if not local:
+            facts = self._facts.get(dst)
+            if facts is None:
+                facts = self._facts[dst] = self._make_facts(dst)
+            if facts.msg is None:
+                return None
+            if me not in facts.nodes:
+                if facts.owner_addr is None:
+                    return facts.msg
+                mine = self._nodes.get(me)
+                net = None if mine is None else (mine.v6_net if facts.v6 else mine.v4_net)
+                if net is not None and facts.owner_addr in net:
+                    return self._derive(me, dst, local)
+                return facts.msg
+        return self._derive(me, dst, local)
+
+    def _make_facts(self, dst: str) -> _Facts:
+        entry = self.entries.get(dst)
+        if entry is None:
+            return _Facts(None, frozenset(), None, False)
+        nodes = {entry.block_owner, entry.borrowed_owner}
+        if entry.hosts:
+            nodes.add(min(entry.hosts))
+        if entry.tunnels:
+            nodes.add(min(entry.tunnels))
+        nodes.discard("")
+        msg = self._derive("", dst, False)  # as seen from a node named nowhere in the route
+        pool = self.cover(dst)
+        v6 = ":" in dst
+        owner_addr = None
+        if pool is not None and pool.cross_subnet and msg is not None:
+            owner = msg.route_update.dst_node_name
+            info = self._nodes.get(owner) if owner else None
+            if info is not None:
+                owner_addr = info.v6_addr if v6 else info.v4_addr
+        return _Facts(msg, frozenset(nodes), owner_addr, v6)
+
+    def _derive(self, me: str, dst: str, local: bool) -> fb.ToDataplane | None:
         entry = self.entries.get(dst)
         if entry is None and not local:
             return None
@@ -354,6 +418,8 @@ class RouteResolver:
 
     def end_flush(self) -> None:
         self._memo = {}
+        self._facts = {}
+        self._existed = {}
         self.dirty = set()
         self.nodes_changed = set()
         self.pools_changed = False

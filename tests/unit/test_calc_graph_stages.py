@@ -762,3 +762,22 @@ def test_flush_span_continues_the_latest_change_and_links_the_others() -> None:
         assert batch.revision == 10**6 + 1
     finally:
         setup_tracing("calc-graph-unit", jsonl=False)
+
+
+def test_a_relabel_that_changes_nothing_for_the_node_sends_nothing() -> None:
+    g = graph_with(
+        f.namespace("ns1"),
+        f.wep("ns1", "a", "n1", "10.0.0.1", {"app": "a"}),
+        f.global_policy("p", {"selector": "has(app)", "ingress": [{"action": "Allow"}]}),
+    )
+    sub = Subscriber("n1")
+    g.subscribe(sub)
+    g.flush()
+    sub.drain()
+    g.on_updates([f.wep("ns1", "a", "n1", "10.0.0.1", {"app": "a", "extra": "label"})])
+    g.flush()
+    assert sub.drain() == []  # same policies, same address: no endpoint or route message
+    g.on_updates([f.wep("ns1", "a", "n1", "10.0.0.1", {"other": "x"})])
+    g.flush()
+    (batch,) = sub.drain()
+    assert updates_of(batch.messages) == ["workload_endpoint_update", "active_policy_remove"]
