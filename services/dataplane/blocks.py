@@ -25,6 +25,9 @@ class BlockManager:
     def __init__(self, routes: RouteClass) -> None:
         self._routes = routes
 
+    def reset(self) -> None:
+        self._routes.reset()
+
     def prepare(self, st: ClusterState) -> None:
         desired: dict[str, RouteTarget] = {}
         for dst, r in st.routes.items():

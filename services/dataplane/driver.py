@@ -181,6 +181,8 @@ class Driver:
         self.state.reset()
         self.endpoints.reset()
         self.routes.reset_desired()
+        for manager in (self.blocks, self.vxlan, self.ipip):
+            manager.reset()
         log.info("stream restarted (generation %d): waiting for a fresh snapshot",
                  self.generation)
 

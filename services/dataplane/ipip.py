@@ -38,6 +38,9 @@ class IPIPManager:
         self.device = device
         self._routes = routes
 
+    def reset(self) -> None:
+        self._routes.reset()
+
     def prepare(self, st: ClusterState, host_mtu: int,
                 iface_of: Callable[[str], str | None]) -> None:
         if not st.ipip_enabled:

@@ -40,6 +40,9 @@ class VXLANManager:
         self.fdb = fdb
         self._routes = routes
 
+    def reset(self) -> None:
+        self._routes.reset()
+
     def prepare(self, st: ClusterState, host_mtu: int,
                 iface_of: Callable[[str], str | None]) -> None:
         me = st.vteps.get(st.node)

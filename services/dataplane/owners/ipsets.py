@@ -205,14 +205,16 @@ class IPSetOwner:
         self.last_readback = time.monotonic()
         self._kernel_temps = {n for n in kernel if is_temp(n)}
         self._kernel = {n: s for n, s in kernel.items() if not is_temp(n)}
+        dirty: set[str] = set()
         for name, want in self._desired.items():
             have = self._kernel.get(name)
             if have is None or have.spec.set_type != want.spec.set_type \
                     or have.members != want.members:
                 if name not in self._dirty and name in self._written:
                     self.stats.sets_repaired += 1
-                self._dirty.add(name)
-        self._dirty.update(n for n in self._kernel if n not in self._desired)
+                dirty.add(name)
+        dirty.update(n for n in self._kernel if n not in self._desired)
+        self._dirty = dirty
         self._need_readback = False
 
     async def apply_updates(self) -> bool:

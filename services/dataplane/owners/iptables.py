@@ -310,22 +310,24 @@ class IptablesTable:
         self._kernel = {n: tuple(c.hashes) for n, c in chains.items()
                         if not c.builtin and n.startswith(CHAIN_PREFIX)}
         self._kernel_builtin = {n: c.hashes for n, c in chains.items() if c.builtin}
+        # What to write is recomputed from the kernel as it is: a chain that already matches
+        # is not rewritten (a restarted driver rewrites nothing that is right).
+        dirty: set[str] = set()
         for name, want in self._desired.items():
             if self._kernel.get(name) != want.hashes:
                 if name not in self._dirty and name in self._written:
                     self.stats.chains_repaired += 1
-                self._dirty.add(name)
-        for name in self._kernel:
-            if name not in self._desired:
-                self._dirty.add(name)
+                dirty.add(name)
+        dirty.update(n for n in self._kernel if n not in self._desired)
+        self._dirty = dirty
+        dirty_hooks: set[str] = set()
         for kchain, hashes in self._kernel_builtin.items():
             if not _hooks_match(hashes, self._hooks.get(kchain, Hooks())):
-                if kchain in self._kernel_hooks_ok:
+                if kchain in self._kernel_hooks_ok and kchain not in self._dirty_hooks:
                     self.stats.hooks_repaired += 1
-                self._dirty_hooks.add(kchain)
-        for kchain in self._hooks:
-            if kchain not in self._kernel_builtin:
-                self._dirty_hooks.add(kchain)
+                dirty_hooks.add(kchain)
+        dirty_hooks.update(k for k in self._hooks if k not in self._kernel_builtin)
+        self._dirty_hooks = dirty_hooks
         self._need_readback = False
         self._readback_fresh = True
 

@@ -120,12 +120,11 @@ class DeviceOwner:
                 raise NetlinkError(f"{self.name} did not appear after creation")
             self.created += 1
             wrote = True
-        await self._nl.set_link(
-            link.index,
-            mtu=spec.mtu if spec.mtu and link.mtu != spec.mtu else None,
-            mac=spec.mac if spec.mac and link.mac.lower() != spec.mac.lower() else None,
-            up=True if not link.up else None,
-        )
+        mtu = spec.mtu if spec.mtu and link.mtu != spec.mtu else None
+        mac = spec.mac if spec.mac and link.mac.lower() != spec.mac.lower() else None
+        if mtu is not None or mac is not None or not link.up:
+            await self._nl.set_link(link.index, mtu=mtu, mac=mac, up=True if not link.up else None)
+            wrote = True
         have = {a for a in await self._nl.addresses(link.index) if not a.startswith("fe80:")}
         want = set(spec.addresses)
         for cidr in sorted(want - have):

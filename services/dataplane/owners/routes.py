@@ -295,6 +295,10 @@ class RouteClass:
     def routes(self) -> dict[str, RouteTarget]:
         return dict(self._mine)
 
+    def reset(self) -> None:
+        """The owner forgot its desired routes (a new generation): forget ours too."""
+        self._mine = {}
+
 
 class NeighbourOwner:
     """Permanent neighbour entries (IP → MAC) on one device; all of them are ours."""
