@@ -37,7 +37,6 @@ IPAM plugin has been started, so the two overlap. Nothing of OpenTelemetry is im
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -290,8 +289,6 @@ class CalicoPlugin:
         nc = self.load(args)
         ids = self.identifiers(args, nc)
         self.log.info(f"ADD {ids.name} netns={args.netns} ipam={nc.ipam_type}")
-        from libcalico.cni.store import StoreError
-
         existing: dict[str, Any] | None = None
         ipam: Delegate | None = None
         allocated = False
@@ -300,10 +297,13 @@ class CalicoPlugin:
                 # Start the IPAM plugin first: its start-up overlaps importing grpc here.
                 with self.spans.span("ipam_start"):
                     ipam = self.start_ipam(args, nc, "ADD")
+            store = self.store(nc)  # imports grpc while the IPAM plugin runs
+            from libcalico.cni.store import StoreError
+
             with self.spans.span("datastore_read"):
                 self.check_ready(nc)
                 try:
-                    existing = self.store(nc).get("WorkloadEndpoint", ids.name, ids.namespace)
+                    existing = store.get("WorkloadEndpoint", ids.name, ids.namespace)
                 except StoreError as exc:
                     raise _store_error(exc, f"reading WorkloadEndpoint {ids.name}") from exc
             if ids.orchestrator == wep.CNI and existing is not None and \
@@ -483,6 +483,7 @@ class CalicoPlugin:
         except CniError as exc:
             errors.append(exc)
         try:
+            self.store(nc)
             with self.spans.span("datastore_write"):
                 self.delete_endpoint(nc, ids)
         except CniError as exc:
@@ -646,6 +647,8 @@ def _grpc_health(target: str) -> str:
 
 
 def _host_prefix(address: str) -> str:
+    import ipaddress
+
     ip = ipaddress.ip_interface(address).ip
     return f"{ip}/{32 if ip.version == 4 else 128}"
 

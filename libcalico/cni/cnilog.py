@@ -13,7 +13,9 @@ reported once on stderr and logging goes on to stderr only.
 ``Spans``: the seam for CNI tracing. ``span(name)`` is a context manager around each phase
 (``ipam``, ``datastore``, ``network``...). By default it only records wall times, and only
 when ``CALICO_CNI_TIMINGS=<file>`` is set (one JSON line per call: command, phases in ms,
-interpreter start-up in ms) -- the bench reads those. A later tracing implementation replaces
+``main_at`` -- the wall-clock time ``main`` began, so a caller that noted when it exec'd the
+plugin knows the interpreter's start-up and imports exactly -- and ``startup_ms`` from /proc
+in clock ticks) -- the bench reads those. A later tracing implementation replaces
 ``make_spans`` with one that starts OpenTelemetry spans when ``TRACEPARENT`` (or a tracing
 setting) is present; nothing else in the plugin needs to change.
 """
@@ -117,6 +119,7 @@ class TimingSpans:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.main_at = time.time()  # wall clock, comparable with the caller's exec time
         self.started = time.perf_counter()
         self.startup_ms = process_uptime_ms()
         self.phases: dict[str, float] = {}
@@ -131,7 +134,7 @@ class TimingSpans:
 
     def finish(self, command: str, ok: bool) -> None:
         record = {
-            "pid": os.getpid(), "command": command, "ok": ok,
+            "pid": os.getpid(), "command": command, "ok": ok, "main_at": self.main_at,
             "startup_ms": round(self.startup_ms, 2),
             "run_ms": round((time.perf_counter() - self.started) * 1000, 2),
             "phases_ms": {k: round(v, 2) for k, v in self.phases.items()},

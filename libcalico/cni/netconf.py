@@ -34,7 +34,6 @@ from the Node resource's ``status.podCIDRs`` in the calico-py datastore (no API 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +98,7 @@ def nodename(conf: Mapping[str, Any]) -> str:
             return name
     except OSError:
         pass
-    return socket.gethostname().lower()
+    return os.uname().nodename.lower()
 
 
 def resolve_mtu(conf: Mapping[str, Any]) -> int:

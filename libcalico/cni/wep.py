@@ -27,7 +27,6 @@ account) ``projectcalico.org/serviceaccount``; named ports become ``spec.ports``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -86,6 +85,8 @@ class Identifiers:
     @property
     def host_ifname(self) -> str:
         if self.orchestrator == K8S:
+            import hashlib
+
             digest = hashlib.sha1(self.workload_id.encode()).hexdigest()
             return ("cali" + digest)[:IFNAMSIZ]
         return ("cali" + self.container_id)[:IFNAMSIZ]
