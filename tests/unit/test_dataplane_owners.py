@@ -164,9 +164,10 @@ async def test_nft_model_follows_the_script_and_repairs_from_it() -> None:
     owner.mark_resync()  # the kernel has nothing: the repair writes the whole model
     assert await owner.apply()
     script = runner.inputs("nft")[-1]
-    assert script.startswith("add table ip calico\n")
+    assert script.startswith("table ip calico {\n")  # a missing table is written as a block
     assert "filter-cali-tw-cali12345678901" not in script
-    assert "add rule ip calico filter-FORWARD jump filter-cali-FORWARD" in script
+    assert "\tchain filter-FORWARD {\n\t\ttype filter hook forward priority 0; policy accept;" \
+        "\n\t\tjump filter-cali-FORWARD" in script
 
 
 class FlakySink:

@@ -77,6 +77,13 @@ def _elements(line: str) -> list[str]:
     return [e.strip() for e in body.split(",") if e.strip()]
 
 
+def _braced(decl: str) -> str:
+    """What is inside ``{ … }`` of an ``add chain/set/map`` statement ("" when none)."""
+    if "{" not in decl:
+        return ""
+    return decl[decl.index("{") + 1: decl.rindex("}")].strip()
+
+
 def _key(element: str) -> str:
     return element.split(" : ", 1)[0].strip()
 
@@ -240,10 +247,12 @@ class NftablesOwner:
             want_table = fam in self._tables
             if kernel is None:
                 if want_table:
-                    lines.append(f"add table {fam} {TABLE}")
-                    kernel = KernelTable()
-                else:
-                    continue
+                    # A whole table (cold start, or deleted by hand): one block, which nft
+                    # parses ~20% faster than the same content as statements.
+                    lines.append(self._table_block(fam))
+                    self.stats.chains_repaired += self._written * sum(
+                        1 for f, _ in self._chains if f == fam)
+                continue
             elif not want_table:
                 if allow_deletes:
                     lines.append(f"delete table {fam} {TABLE}")
@@ -295,6 +304,29 @@ class NftablesOwner:
             out += [f"delete chain {fam} {TABLE} {n}" for n in extra_chains]
             self.stats.deleted += len(extra_chains) + len(extra_sets)
         return out
+
+    def _table_block(self, fam: str) -> str:
+        """The family's whole desired table in nft's block syntax."""
+        out = [f"table {fam} {TABLE} {{"]
+        for (f, name), st in sorted(self._sets.items()):
+            if f != fam:
+                continue
+            decl = _braced(st.decl)
+            elems = ", ".join(sorted(st.elements.values()))
+            body = f"{decl} elements = {{ {elems} }}" if elems else decl
+            out.append(f"\t{st.kind} {name} {{ {body} }}")
+        for (f, name), ch in sorted(self._chains.items()):
+            if f != fam:
+                continue
+            out.append(f"\tchain {name} {{")
+            decl = _braced(ch.decl)
+            if decl:
+                out.append(f"\t\t{decl}")
+            prefix = f"add rule {fam} {TABLE} {name} "
+            out += [f"\t\t{r[len(prefix):]}" for r in ch.rules]
+            out.append("\t}")
+        out.append("}")
+        return "\n".join(out)
 
     async def _run(self, script: str) -> None:
         self.stats.scripts += 1
