@@ -557,10 +557,16 @@ class CalicoPlugin:
                             i.name.startswith("cali")), ids.host_ifname)
         from libcalico.cni import plumbing
 
+        want_default = any(r.dst in ("0.0.0.0/0", "::/0") for r in prev.routes)
         try:
             with self.spans.span("network"):
-                problems += plumbing.check_pod_network(
-                    args.netns, args.ifname, addresses, host_ifname)
+                problems += [
+                    p for p in plumbing.check_pod_network(
+                        args.netns, args.ifname, addresses, host_ifname)
+                    # With IPAM-supplied routes and no include_default_routes there is none.
+                    if want_default or not p.startswith("default route via")
+                ]
+                problems += self.missing_routes(args, prev.routes)
         except plumbing.PlumbingError as exc:
             problems.append(str(exc))
         from libcalico.cni.store import StoreError
@@ -587,6 +593,33 @@ class CalicoPlugin:
             raise CniError(ERR_CHECK_FAILED, "; ".join(problems),
                            "delete and re-add the container's network (CNI DEL, then ADD)")
         self.log.info(f"CHECK {ids.name} ok")
+
+    @staticmethod
+    def missing_routes(args: CmdArgs, routes: list[Route]) -> list[str]:
+        """The prevResult routes the pod's namespace does not have (dst and gateway)."""
+        from libcalico.cni import plumbing
+
+        if not routes or not os.path.exists(args.netns):
+            return []
+        have: set[tuple[str, str]] = set()
+        with plumbing.in_netns(args.netns):
+            for family in ("-4", "-6"):
+                proc = subprocess.run(["ip", "-j", family, "route", "show"],
+                                      capture_output=True, text=True, check=False)
+                for r in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
+                    dst = str(r.get("dst", ""))
+                    if dst == "default":
+                        dst = "0.0.0.0/0" if family == "-4" else "::/0"
+                    elif "/" not in dst:
+                        dst += "/128" if ":" in dst else "/32"
+                    have.add((dst, str(r.get("gateway", ""))))
+        out = []
+        for r in routes:
+            if r.dst == "0.0.0.0/0":
+                continue  # check_pod_network reports this one
+            if (r.dst, r.gw) not in have and not (not r.gw and any(d == r.dst for d, _ in have)):
+                out.append(f"route {r.dst}{' via ' + r.gw if r.gw else ''} is missing")
+        return out
 
     @staticmethod
     def prev_addresses(args: CmdArgs, prev: Result) -> list[str]:

@@ -239,8 +239,9 @@ def test_up_then_down_leaves_nothing_behind() -> None:
         assert after[key] == before[key], f"{key} changed in the machine's own namespace"
 
 
-def test_two_subnets_through_a_router() -> None:
-    with new_lab("--nodes", "2", "--two-subnets", "--mode", "vxlan-crosssubnet") as lab:
+def test_two_subnets_through_a_router_with_host_local() -> None:
+    with new_lab("--nodes", "2", "--two-subnets", "--mode", "vxlan-crosssubnet",
+                 "--ipam", "host-local") as lab:
         p = lab.prefix
         assert f"{p}lab-router" in list_netns()
         nodes = {n["metadata"]["name"]: n for n in lab.calicoctl("get", "nodes")["items"]}
@@ -251,6 +252,11 @@ def test_two_subnets_through_a_router() -> None:
         ping = subprocess.run(["ip", "netns", "exec", f"{p}node-1", "ping", "-c1", "-W1",
                                "172.30.2.2"], capture_output=True, check=False)
         assert ping.returncode == 0  # routed by the router namespace
+        # host-local on each node's pod CIDR (status.podCIDRs, substituted for usePodCidr).
+        lab.cli("pod", "add", "node-2", "default/hl")
+        assert lab.pod("default/hl")["ips"][0].startswith("10.245.2.")
+        assert nodes["node-2"]["status"]["podCIDRs"] == ["10.245.2.0/24"]
+        lab.cli("pod", "del", "default/hl")
 
 
 def test_ipip_mode_says_when_the_kernel_lacks_ipip() -> None:

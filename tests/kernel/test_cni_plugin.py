@@ -202,12 +202,6 @@ def test_chain_with_portmap_and_bandwidth_add_check_del_del(
     _chain_add_check_del_del(node, pod_server, dual_stack=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libcalico/cni/plumbing.py writes '-6 route ...' lines into `ip -batch`, which "
-    "rejects them (Object \"-6\" is unknown); the address already selects the family, so "
-    "dropping the '-6 ' prefix fixes IPv6 pods. Remove this mark with that fix.",
-)
 def test_dual_stack_chain_passes_check_everywhere(node: Node, pod_server: str) -> None:
     _chain_add_check_del_del(node, pod_server, dual_stack=True)
 
@@ -383,3 +377,31 @@ def test_users_conflist_with_host_local_use_pod_cidr(node: Node, tmp_path: Path)
         except CniExecError:
             pass
         node.cp.ds(lambda c: c.delete("Node", "master01"))
+
+
+@pytest.mark.parametrize("include_default_routes", [False, True])
+def test_host_local_ranges_with_its_routes(
+    node: Node, tmp_path: Path, include_default_routes: bool
+) -> None:
+    """host-local with explicit ``ranges`` and ``routes``: Calico installs only the IPAM's
+    routes unless include_default_routes is set."""
+    ipam = {"type": "host-local", "dataDir": str(tmp_path / "host-local"),
+            "ranges": [[{"subnet": "10.249.1.0/24"}]], "routes": [{"dst": "10.250.0.0/16"}]}
+    conflist = lab_conflist(node.cp, node=NODE, ipam=ipam,
+                            include_default_routes=include_default_routes)
+    pod = node.pod("hl")
+    rt = node.rt(pod, "hl", "c0ffee41")
+    result = node.runtime.add(conflist, rt)
+    try:
+        assert result["ips"][0]["address"].startswith("10.249.1.")
+        routes = run(["ip", "-n", pod, "route"]).stdout
+        assert "10.250.0.0/16 via 169.254.1.1 dev eth0" in routes
+        assert ("default via 169.254.1.1" in routes) == include_default_routes
+        want = [{"dst": "10.250.0.0/16", "gw": "169.254.1.1"}]
+        if include_default_routes:
+            want.insert(0, {"dst": "0.0.0.0/0", "gw": "169.254.1.1"})
+        assert result["routes"] == want
+        node.runtime.check(conflist, rt, result)
+    finally:
+        node.runtime.delete(conflist, rt, result)
+    assert not [f for f in (tmp_path / "host-local").rglob("10.249.1.*")]
