@@ -171,7 +171,8 @@ def setup_pod_network(spec: PodNetworkSpec) -> WorkloadInterface:
             f"link set {spec.host_ifname} up",
             *(f"route replace {a} dev {spec.host_ifname} scope link" for a in host_addrs
               if ":" not in a),
-            *(f"-6 route replace {a} dev {spec.host_ifname}" for a in host_addrs if ":" in a),
+            # Inside ``ip -batch`` there is no ``-6``; the address itself selects the family.
+            *(f"route replace {a} dev {spec.host_ifname}" for a in host_addrs if ":" in a),
         ])
         with in_netns(spec.netns_path):
             if v6:
@@ -194,12 +195,11 @@ def setup_pod_network(spec: PodNetworkSpec) -> WorkloadInterface:
                     )
             if v6 and default:
                 cmds.append(
-                    f"-6 route replace default via {GATEWAY_V6} dev {spec.container_ifname}"
+                    f"route replace ::/0 via {GATEWAY_V6} dev {spec.container_ifname}"
                 )
             for route in spec.routes:
                 gw = GATEWAY_V6 if ":" in route else GATEWAY_V4
-                fam = "-6 " if ":" in route else ""
-                cmds.append(f"{fam}route replace {route} via {gw} dev {spec.container_ifname}")
+                cmds.append(f"route replace {route} via {gw} dev {spec.container_ifname}")
             _ip_batch(cmds)
             link = _ip_json(["link", "show", "dev", spec.container_ifname])
             mac = str(link[0].get("address", "")) if link else ""

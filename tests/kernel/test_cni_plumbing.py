@@ -114,3 +114,21 @@ def test_failure_leaves_no_veth_behind(node_and_pods: tuple[Topology, str, list[
         _in(node, lambda: plumbing.setup_pod_network(spec))
     assert "eth0" not in run(["ip", "-n", pods[0], "link"]).stdout
     assert host_if not in run(["ip", "-n", node, "link"]).stdout
+
+
+def test_dual_stack_pod_gets_both_families(
+    node_and_pods: tuple[Topology, str, list[str]],
+) -> None:
+    _topo, node, pods = node_and_pods
+    host_if = plumbing.host_veth_name("dual.stack")
+    spec = plumbing.PodNetworkSpec(
+        netns_path=f"/var/run/netns/{pods[0]}", host_ifname=host_if,
+        addresses=["10.244.4.5/26", "fd00:244::5/122"],
+    )
+    wl = _in(node, lambda: plumbing.setup_pod_network(spec))
+    assert isinstance(wl, plumbing.WorkloadInterface)
+    assert wl.addresses == ("10.244.4.5/32", "fd00:244::5/128")
+    pod_v6 = run(["ip", "-6", "-n", pods[0], "route"]).stdout
+    assert f"default via {plumbing.GATEWAY_V6} dev eth0" in pod_v6
+    node_v6 = run(["ip", "-6", "-n", node, "route", "show", "fd00:244::5"]).stdout
+    assert f"dev {host_if}" in node_v6
