@@ -128,9 +128,15 @@ def _implicit_tag(dumper: yaml.SafeDumper, value: str) -> str:
     return tag
 
 
+# YAML line breaks besides \n: a block scalar (or a plain one) would read them back as \n.
+_OTHER_BREAKS = frozenset("\r\x85\u2028\u2029")
+
+
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = None
-    if "\n" in value:
+    if _OTHER_BREAKS.intersection(value):
+        style = '"'
+    elif "\n" in value:
         style = "|"
     elif value == "" or _implicit_tag(dumper, value) != "tag:yaml.org,2002:str":
         # "true", "123", "1.5", "null", "" ... must stay strings when read back.
