@@ -83,6 +83,16 @@ class _Facts:
     nodes: frozenset[str]  # nodes the route names: they derive their own variant
     owner_addr: IPAddress | None  # set when a CrossSubnet pool makes same_subnet matter
     v6: bool
+    msg_same_subnet: fb.ToDataplane | None = None  # ``msg`` with same_subnet, built lazily
+
+    def same_subnet(self) -> fb.ToDataplane:
+        if self.msg_same_subnet is None:
+            assert self.msg is not None
+            m = fb.ToDataplane()
+            m.CopyFrom(self.msg)
+            m.route_update.same_subnet = True
+            self.msg_same_subnet = m
+        return self.msg_same_subnet
 
 
 @dataclass(slots=True)
@@ -332,7 +342,7 @@ class RouteResolver:
                 mine = self._nodes.get(me)
                 net = None if mine is None else (mine.v6_net if facts.v6 else mine.v4_net)
                 if net is not None and facts.owner_addr in net:
-                    return self._derive(me, dst, local)
+                    return facts.same_subnet()
                 return facts.msg
         return self._derive(me, dst, local)
 
