@@ -30,7 +30,8 @@ from .driver import BGPDriver
 class BGPConfig:
     node_name: str = ""
     calc_graph: str = "unix:///run/calico-lab/sock/calc_graph.sock"
-    bird_dir: Path = Path("/var/run/calico/bird")
+    # BIRD's config, log and control socket; /var/run/calico/bird.ctl is where Calico keeps it.
+    bird_dir: Path = Path("/var/run/calico")
     bird_binary: str = "bird"
     listen: list[str] = field(default_factory=list)
     check_interval: float = 5.0

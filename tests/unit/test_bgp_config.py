@@ -148,3 +148,16 @@ def test_parse_bird2_show_protocols_and_calico_table() -> None:
         "+--------------+-------------------+-------+----------+-------------+\n"
         "\nIPv6 BGP status\nNo IPv6 peers found.\n\n"
     )
+
+
+def test_calicoctl_node_status_finds_the_socket(tmp_path: Path) -> None:
+    import argparse
+
+    from libcalico.cli.calicoctl.commands.node import socket_path
+
+    ns = argparse.Namespace
+    assert str(socket_path(ns(node=None, state_dir=None, bird_socket=None))) == (
+        "/var/run/calico/bird.ctl")
+    assert socket_path(ns(node="node-2", state_dir=str(tmp_path), bird_socket=None)) == (
+        tmp_path / "nodes" / "node-2" / "bird" / "bird.ctl")
+    assert str(socket_path(ns(node="x", state_dir=None, bird_socket="/s.ctl"))) == "/s.ctl"

@@ -15,7 +15,10 @@ Verbs and flags follow Calico's calicoctl::
       validate -f FILE
       version
       ipam     show [--ip IP | --show-blocks | --show-borrowed | --show-configuration]
-      node     status   (arrives with the node agents)
+               check [-o FILE] | release (--ip IP | --from-report FILE) [--force]
+               configure [--strictaffinity true|false] [--max-blocks-per-host N]
+               (through the IPAM service: --ipam TARGET, $CALICO_IPAM or the lab's socket)
+      node     status
 
 ``-f`` takes a file, ``-`` for stdin, or a directory (its .yaml/.yml/.json files, ``-R`` to
 recurse). The connection options (``--datastore``, ``-c``) are accepted before or after the
@@ -37,6 +40,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TextIO
+
+from libcalico.cli.calicoctl.ipam_args import add_ipam_parser
 
 PROG = "calicoctl"
 OUTPUT_FORMATS = ("ps", "wide", "yaml", "yml", "json")
@@ -247,27 +252,13 @@ def build_parser() -> _Parser:
     node.required = True
     status = node.add_parser("status", help="Show the BGP status of this node.",
                              description="Show the BGP status of this node.")
-    _connection_options(status, top=False)
+    status.add_argument("--node", help="a lab node's name: read its BIRD socket from the "
+                        "lab's state dir instead of /var/run/calico/bird.ctl")
+    status.add_argument("--state-dir", help="the lab's state dir [default: $CALICO_STATE_DIR "
+                        "or /run/calico-lab]")
+    status.add_argument("--bird-socket", help="BIRD's control socket, named directly")
 
-    p = sub.add_parser("ipam", help="IP address management.", description="IP address management.")
-    ipam = p.add_subparsers(dest="ipam_command", metavar="<ipam-command>", parser_class=_Parser)
-    ipam.required = True
-    show = ipam.add_parser(
-        "show",
-        help="Show IP address usage.",
-        description="Show IP address usage by pool, or blocks, borrowed IPs, one IP or the "
-        "IPAM configuration.",
-    )
-    which = show.add_mutually_exclusive_group()
-    which.add_argument("--ip", metavar="IP", help="report whether IP is in use")
-    which.add_argument("--show-blocks", action="store_true", help="add a row per block")
-    which.add_argument(
-        "--show-borrowed", action="store_true", help="list IPs borrowed from other nodes' blocks"
-    )
-    which.add_argument(
-        "--show-configuration", action="store_true", help="show the IPAM configuration"
-    )
-    _connection_options(show, top=False)
+    add_ipam_parser(sub, _connection_options, _Parser)
     return parser
 
 

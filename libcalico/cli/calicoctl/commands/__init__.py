@@ -53,10 +53,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO, connector: Connector) -> in
 
             return version.run(args, out, connector)
         if command == "node":
-            raise CommandFailed(
-                "calicoctl node status is not available yet: it arrives with the node agents "
-                "(BGP driver) in the lab's nodes"
-            )
+            from libcalico.cli.calicoctl.commands import node
+
+            return node.run_status(args, out)
         if command == "ipam":
             from libcalico.cli.calicoctl.commands import ipam
 
