@@ -54,7 +54,7 @@ from .endpoints import EndpointManager, wep_id
 from .ipip import IPIPManager
 from .masq import MasqManager
 from .mtu import MTUManager
-from .owners.links import DeviceOwner, LinkWatcher
+from .owners.links import LinkWatcher
 from .owners.netlink import Link, Netlink
 from .owners.routes import LinkCache, RouteOwner
 from .policy import COMPILED, IPTABLES, PolicyManager
@@ -198,6 +198,12 @@ class Driver:
             ours = True
         if ours:
             self._wake.set()
+
+    def on_link_events_lost(self) -> None:
+        """The link watcher lost events (socket overrun or error): re-read the links."""
+        self._links_fresh = False
+        self.endpoints.reconfigure_all()
+        self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -424,8 +430,8 @@ class Driver:
                 tg.create_task(self.reporter.run(), name="dataplane-report"),
             ]
             if watch_links:
-                loops.append(tg.create_task(LinkWatcher(self.on_link_event).run(),
-                                            name="dataplane-links"))
+                watcher = LinkWatcher(self.on_link_event, on_lost=self.on_link_events_lost)
+                loops.append(tg.create_task(watcher.run(), name="dataplane-links"))
             await self._ingest(source)
             for t in loops:
                 t.cancel()
@@ -433,6 +439,3 @@ class Driver:
 
 _TABLE_ORDER = {"raw": 0, "mangle": 1, "nat": 2, "filter": 3}
 
-
-def device_owners(driver: Driver) -> list[DeviceOwner]:
-    return [driver.vxlan.device, driver.ipip.device]

@@ -162,6 +162,13 @@ class EndpointManager:
         self._routes.iface_appeared(name)
         return True
 
+    def reconfigure_all(self) -> None:
+        """Link events were lost: check every endpoint's interface again."""
+        self._configured.clear()
+        self._to_configure.update(ep.ifname for ep in self.endpoints.values())
+        for ep in self.endpoints.values():
+            self._routes.iface_appeared(ep.ifname)
+
     # -- apply -----------------------------------------------------------------------------
 
     def configure_interfaces(self) -> int:

@@ -278,7 +278,7 @@ async def test_nftables_flavor_feeds_the_nft_owner_and_sweeps_iptables(tmp_path:
     d.on_batch([*snapshot(), m.in_sync()])
     assert await apply(d)
     script = "".join(runner.inputs("nft"))
-    assert "add table ip calico" in script and "filter-cali-tw-" + IFACE in script
+    assert "table ip calico {" in script and "chain filter-cali-tw-" + IFACE in script
     restores = [t for t in runner.inputs("iptables-nft-restore") if "*filter" in t]
     assert any("-D FORWARD 1" in t and "-X cali-FORWARD" in t for t in restores)
     assert not any(argv[0] == "ipset" and argv[1] == "restore" and inp and "create" in inp

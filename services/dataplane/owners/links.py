@@ -150,27 +150,44 @@ class DeviceOwner:
 
 
 class LinkWatcher:
-    """Calls ``on_event(link, deleted)`` for every link add/change/delete in this namespace."""
+    """Calls ``on_event(link, deleted)`` for every link add/change/delete in this namespace.
 
-    def __init__(self, on_event: Callable[[Link, bool], None]) -> None:
+    A socket error (typically ENOBUFS: the kernel dropped events we read too slowly) is the
+    environment's: the watcher calls ``on_lost`` (so the caller re-reads the links) and
+    reopens its socket after a short pause, instead of ending the driver.
+    """
+
+    def __init__(self, on_event: Callable[[Link, bool], None],
+                 on_lost: Callable[[], None] | None = None, retry: float = 0.5) -> None:
         self._on_event = on_event
-        self._ipr: Any = None
+        self._on_lost = on_lost or (lambda: None)
+        self._retry = retry
+        self.restarts = 0
 
     async def run(self) -> None:
         from pyroute2 import AsyncIPRoute
+        from pyroute2.netlink.exceptions import NetlinkError as PyrouteError
         from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-        self._ipr = AsyncIPRoute()
-        try:
-            await self._ipr.bind(groups=RTMGRP_LINK)
-            while True:
-                async for msg in self._ipr.get():
-                    if msg.get("event") not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                        continue
-                    if not msg.get("IFLA_IFNAME"):
-                        continue
-                    self._on_event(parse_link(msg), msg.get("event") == "RTM_DELLINK")
-        except asyncio.CancelledError:
-            raise
-        finally:
-            self._ipr.close()
+        while True:
+            ipr: Any = AsyncIPRoute()
+            try:
+                await ipr.bind(groups=RTMGRP_LINK)
+                if self.restarts:
+                    self._on_lost()
+                while True:
+                    async for msg in ipr.get():
+                        if msg.get("event") not in ("RTM_NEWLINK", "RTM_DELLINK"):
+                            continue
+                        if not msg.get("IFLA_IFNAME"):
+                            continue
+                        self._on_event(parse_link(msg), msg.get("event") == "RTM_DELLINK")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, PyrouteError) as exc:
+                log.warning("link watcher lost its socket (%s); reopening", exc)
+                self.restarts += 1
+                self._on_lost()
+            finally:
+                ipr.close()
+            await asyncio.sleep(self._retry)
