@@ -224,9 +224,11 @@ class CalcGraph:
     ) -> int:
         queued = 0
         seq = view.seq
-        if seq.fresh:
+        if seq.fresh or not view.subscribers:
+            # Nobody to send a delta to (a first subscriber, or a hand-over from one that left
+            # to one that arrived since the last flush): record the current state as sent.
             seq.settle(self)
-        elif view.subscribers and (
+        elif (
             globals_dirty
             or seq.has_local_changes()
             or (self.in_sync and not all(s.in_sync_sent for s in view.subscribers))

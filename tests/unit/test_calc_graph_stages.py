@@ -781,3 +781,22 @@ def test_a_relabel_that_changes_nothing_for_the_node_sends_nothing() -> None:
     g.flush()
     (batch,) = sub.drain()
     assert updates_of(batch.messages) == ["workload_endpoint_update", "active_policy_remove"]
+
+
+def test_handover_between_subscribers_of_a_node_between_flushes() -> None:
+    """The established subscriber leaves and a new one arrives before the next flush: the
+    newcomer's snapshot must include the changes made in between."""
+    g = graph_with(f.namespace("ns1"), f.wep("ns1", "a", "n1", "10.0.0.1"))
+    old = Subscriber("n1")
+    g.subscribe(old)
+    g.flush()
+    old.drain()
+    g.on_updates([f.wep("ns1", "b", "n1", "10.0.0.2")])
+    new = Subscriber("n1")
+    g.subscribe(new)
+    g.unsubscribe(old)
+    g.flush()
+    dp = f.FakeDataplane("n1")
+    dp.apply_batches(new.drain())
+    assert set(dp.weps) == {("k8s", "ns1/a", "eth0"), ("k8s", "ns1/b", "eth0")}
+    assert "10.0.0.2/32" in dp.routes
