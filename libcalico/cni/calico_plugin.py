@@ -27,7 +27,8 @@ the host veth, the endpoint (this container's, same addresses), and the IPAM plu
 
 STATUS (1.1.0): the datastore answers and says ``datastoreReady``, and the IPAM plugin is
 ready (its own STATUS when it speaks 1.1.0; for calico-ipam, the IPAM service's health).
-GC (1.1.0) is passed to the IPAM plugin when it speaks 1.1.0, otherwise it does nothing.
+GC (1.1.0): endpoints of this node and network whose attachment is not in
+``cni.dev/valid-attachments`` go, with their veth and addresses (see ``cmd_gc``).
 
 Start-up: one process per pod and command, so this module and its helpers import only the
 standard library at start; ``grpc`` and the datastore messages are imported (~90 ms) after the
@@ -107,7 +108,7 @@ class Delegate:
         self.command = command
         self.args = args
         self.stdin = stdin
-        self.env = env
+        self.env = env  # CNI_* are the caller's; CNI_COMMAND is set here
         self._outcome: dict[str, Any] | CniError | None = None
         self._start(stdin)
 
@@ -652,11 +653,63 @@ class CalicoPlugin:
                                "start calico-ipam-service (calico-lab up starts it)")
 
     def cmd_gc(self, args: CmdArgs) -> None:
+        """Endpoints of this node and network whose attachment the runtime no longer lists
+        (``cni.dev/valid-attachments``) are deleted with their veth and addresses.
+
+        "Of this network" is known for calico-ipam from the IPAM handle
+        ``<network>.<containerID>``; with another IPAM plugin only that plugin's own GC runs
+        (when it speaks 1.1.0), since an endpoint does not record its network.
+        """
         nc = self.load(args, need_mtu=False)
         if self.ipam_speaks_11(args, nc):
             self.start_ipam(args, nc, "GC").wait()
-        else:
-            self.log.info(f"GC: {nc.ipam_type} does not speak CNI 1.1.0; nothing to collect")
+        if nc.ipam_type != "calico-ipam":
+            self.log.info(f"GC: endpoints are collected with calico-ipam only ({nc.ipam_type})")
+            return
+        from libcalico import keys
+        from libcalico.cni import plumbing
+        from libcalico.cni.store import StoreError
+
+        valid = {
+            (str(a.get("containerID", "")), str(a.get("ifname", "")))
+            for a in args.config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)
+        }
+        store = self.store(nc)
+        prefix = nc.nodename.replace("-", "--") + "-"
+        try:
+            endpoints = store.list("WorkloadEndpoint", name_prefix=prefix)
+        except StoreError as exc:
+            raise _store_error(exc, "listing this node's WorkloadEndpoints") from exc
+        collected = []
+        for ep in endpoints:
+            s = ep.get("spec") or {}
+            cid, ifname = str(s.get("containerID", "")), str(s.get("endpoint", ""))
+            if s.get("node") != nc.nodename or not cid or (cid, ifname) in valid:
+                continue
+            handle = f"{nc.name}.{cid}"
+            if not store.kv_exists(keys.handle_key(handle)):
+                continue  # not this network's (or its addresses are already gone)
+            meta = ep["metadata"]
+            cni_args = {"IgnoreUnknown": "1"}
+            if s.get("orchestrator") == wep.K8S:
+                cni_args |= {"K8S_POD_NAMESPACE": meta.get("namespace", ""),
+                             "K8S_POD_NAME": str(s.get("pod", ""))}
+            stale = CmdArgs(command="DEL", container_id=cid, ifname=ifname, args=cni_args,
+                            path=args.path, stdin=args.stdin, config=args.config)
+            env = {**self.env, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname,
+                   "CNI_ARGS": ";".join(f"{k}={v}" for k, v in cni_args.items())}
+            try:
+                store.delete("WorkloadEndpoint", meta["name"], meta.get("namespace", ""),
+                             str(meta.get("resourceVersion") or ""))
+            except StoreError as exc:
+                self.log.warning(f"GC: {meta['name']} not deleted: {exc.message}")
+                continue
+            Delegate(nc.ipam_type, "DEL", stale, self.ipam_stdin(stale, nc, "DEL"), env).wait()
+            host_if = str(s.get("interfaceName") or "")
+            if host_if.startswith("cali"):
+                plumbing.delete_host_veth(host_if)
+            collected.append(meta["name"])
+        self.log.info(f"GC: collected {len(collected)} endpoint(s): {', '.join(collected)}")
 
     def ipam_speaks_11(self, args: CmdArgs, nc: NetConf) -> bool:
         try:

@@ -109,6 +109,11 @@ class CniStore:
     def apply(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         return self._write("Apply", resource)
 
+    def kv_exists(self, key: str) -> bool:
+        """Whether a raw key (an IPAM handle, ...) exists."""
+        resp = self._call("KVGet", self.pb.KVGetRequest(key=key))
+        return bool(resp.HasField("kv"))
+
     def delete(
         self, kind: str, name: str, namespace: str = "", resource_version: str = ""
     ) -> bool:

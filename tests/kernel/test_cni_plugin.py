@@ -411,3 +411,26 @@ def test_host_local_ranges_with_its_routes(
     finally:
         node.runtime.delete(conflist, rt, result)
     assert not [f for f in (tmp_path / "host-local").rglob("10.249.1.*")]
+
+
+def test_gc_collects_attachments_the_runtime_no_longer_has(node: Node) -> None:
+    conflist = lab_conflist(node.cp, node=NODE, version="1.1.0")
+    keep = node.rt(node.pod("keep"), "keep", "c0ffee51")
+    gone = node.rt(node.pod("gone"), "gone", "c0ffee52")
+    keep_result = node.runtime.add(conflist, keep)
+    gone_result = node.runtime.add(conflist, gone)
+    gone_if = gone_result["interfaces"][0]["name"]
+    try:
+        gc = {"name": conflist["name"], "cniVersion": "1.1.0", **conflist["plugins"][0],
+              "cni.dev/valid-attachments": [{"containerID": "c0ffee51", "ifname": "eth0"}]}
+        run_gc = run_plugin("calico", gc, plugin_env("GC", ifname=""), netns_exec=node.netns)
+        assert run_gc.rc == 0, run_gc.out
+        assert [e["spec"]["containerID"] for e in node.endpoints()] == ["c0ffee51"]
+        handles = node.handles()
+        assert "k8s-pod-network.c0ffee52" not in handles
+        assert "k8s-pod-network.c0ffee51" in handles
+        assert gone_if not in node.links() and keep_result["interfaces"][0]["name"] in \
+            node.links()
+    finally:
+        node.runtime.delete(conflist, keep, keep_result)
+        node.runtime.delete(conflist, gone, gone_result)
