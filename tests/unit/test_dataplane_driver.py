@@ -319,3 +319,22 @@ async def test_refresh_marks_owners_for_read_back(tmp_path: Path) -> None:
     assert runner.tools().count("iptables-nft-save") > saves
     source.close()
     await asyncio.wait_for(task, 5)
+
+
+async def test_metrics_follow_applies(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from services.dataplane.commands import ExecRunner, ToolStats
+    from services.dataplane.metrics import observe_driver
+
+    d, _, _, _ = make(tmp_path)
+    runner = ExecRunner(stats={"iptables-nft-restore": ToolStats(calls=3, seconds=0.03)})
+    observe_driver(d, runner)
+    before = REGISTRY.get_sample_value("calico_dataplane_apply_seconds_count") or 0.0
+    d.on_batch([*snapshot(), m.in_sync()])
+    assert await apply(d)
+    assert REGISTRY.get_sample_value("calico_dataplane_apply_seconds_count") == before + 1
+    assert REGISTRY.get_sample_value("calico_dataplane_in_sync") == 1
+    assert REGISTRY.get_sample_value("calico_dataplane_local_endpoints") == 1
+    assert (REGISTRY.get_sample_value("calico_dataplane_exec_total",
+                                      {"tool": "iptables-nft-restore"}) or 0) >= 3
