@@ -177,17 +177,7 @@ class EventSequencer:
         out.extend(g.profiles.service_accounts.snapshot())
         out.extend(g.profiles.namespaces.snapshot())
         out.extend(g.vxlan.vteps.snapshot())
-        local = self.local_sent
-        route_for = g.routes.route_for
-        for dst in g.routes.entries:
-            if dst not in local:
-                msg = route_for(self.node, dst, False)
-                if msg is not None:
-                    out.append(msg)
-        for dst in local:
-            msg = route_for(self.node, dst, True)
-            if msg is not None:
-                out.append(msg)
+        out.extend(g.routes.snapshot_for(self.node, self.local_sent))
         out.extend(g.passthru.hosts.snapshot())
         out.extend(g.passthru.pools.snapshot())
         return out
@@ -315,10 +305,22 @@ class EventSequencer:
             dsts = routes.dirty | self.dirty_routes
         else:
             dsts = routes.dirty
-        route_removes = []
-        route_updates = []
+        route_removes: list[fb.ToDataplane] = []
+        route_updates: list[fb.ToDataplane] = []
         local_now = s.local_route
         local_sent = self.local_sent
+        shared = None
+        if dsts is routes.dirty:
+            small, big = (
+                (routes.dirty, local_sent)
+                if len(routes.dirty) < len(local_sent)
+                else (local_sent, routes.dirty)
+            )
+            if not any(d in big for d in small):
+                shared = routes.shared_changes(self.node)  # the common case: shared lists
+        if shared is not None:
+            route_removes, route_updates = shared
+            dsts = set()
         for dst in dsts:
             local = local_now(dst)
             msg = routes.route_for(self.node, dst, local)

@@ -163,6 +163,10 @@ class RouteResolver:
         self._facts: dict[str, _Facts] = {}
         # Destinations changed since the last flush -> whether they existed at that flush.
         self._existed: dict[str, bool] = {}
+        # Shared per flush by every node of a subnet group that the routes do not name.
+        self._named: set[str] | None = None
+        self._shared_changes: dict[Any, tuple[list[fb.ToDataplane], list[fb.ToDataplane]]] = {}
+        self._shared_snapshot: dict[Any, list[tuple[str, fb.ToDataplane]]] = {}
         # Since the last flush:
         self.dirty: set[str] = set()
         self.nodes_changed: set[str] = set()
@@ -192,8 +196,7 @@ class RouteResolver:
             return
         self._pools_by_len = sorted(self._pools.values(), key=lambda p: -p.net.prefixlen)
         self._cover = {}
-        self._memo = {}
-        self._facts = {}
+        self._invalidate()
         if old is not None:
             self._update(old.cidr, lambda e: setattr(e, "pool", None))
         if new is not None:
@@ -239,8 +242,7 @@ class RouteResolver:
             self._nodes[name] = new
         if old == new:
             return
-        self._memo = {}
-        self._facts = {}
+        self._invalidate()
         for dst in old.hosts if old else ():
             self._update(dst, lambda e: e.hosts.discard(name), node=name, link=False)
         for dst, kind in old.tunnels if old else ():
@@ -276,10 +278,17 @@ class RouteResolver:
                 self.borrowed_by_node.setdefault(host, set()).add(dst)
                 self._update(dst, lambda e, h=host: setattr(e, "borrowed_owner", h), node=host)
 
+    def _invalidate(self) -> None:
+        """Facts changed: messages shared within this flush are stale."""
+        self._memo = {}
+        self._facts = {}
+        self._named = None
+        self._shared_changes = {}
+        self._shared_snapshot = {}
+
     def _update(self, dst: str, change: Any, node: str = "", link: bool = True) -> None:
-        if self._memo or self._facts:
-            self._memo = {}  # facts changed: shared messages are stale
-            self._facts = {}
+        if self._memo or self._facts or self._shared_snapshot:
+            self._invalidate()
         if dst not in self._existed:
             self._existed[dst] = dst in self.entries
         entry = self.entries.get(dst)
@@ -426,9 +435,74 @@ class RouteResolver:
         self._memo[key] = msg
         return msg
 
+    # -- shared lists for the many nodes a change does not name -----------------------------
+
+    def _facts_for(self, dst: str) -> _Facts:
+        facts = self._facts.get(dst)
+        if facts is None:
+            facts = self._facts[dst] = self._make_facts(dst)
+        return facts
+
+    def _group(self, me: str) -> tuple[IPNetwork | None, IPNetwork | None]:
+        info = self._nodes.get(me)
+        return (None, None) if info is None else (info.v4_net, info.v6_net)
+
+    @staticmethod
+    def _seen_from(facts: _Facts, group: tuple[IPNetwork | None, IPNetwork | None]) -> Any:
+        if facts.owner_addr is None:
+            return facts.msg
+        net = group[1] if facts.v6 else group[0]
+        return facts.same_subnet() if net is not None and facts.owner_addr in net else facts.msg
+
+    def shared_changes(self, me: str) -> tuple[list[fb.ToDataplane], list[fb.ToDataplane]] | None:
+        """(removes, updates) since the last flush as node ``me`` sees them, one list shared by
+        every node of its subnet group; ``None`` when a changed route names ``me`` (the caller
+        then derives its own). The caller guarantees none of ``me``'s workloads is at a
+        changed destination."""
+        if self._named is None:
+            named: set[str] = set()
+            for dst in self.dirty:
+                named |= self._facts_for(dst).nodes
+            self._named = named
+        if me in self._named:
+            return None
+        group = self._group(me)
+        cached = self._shared_changes.get(group)
+        if cached is None:
+            removes: list[fb.ToDataplane] = []
+            updates: list[fb.ToDataplane] = []
+            for dst in self.dirty:
+                facts = self._facts_for(dst)
+                if facts.msg is None:
+                    if self.existed(dst):
+                        removes.append(route_remove(dst))
+                else:
+                    updates.append(self._seen_from(facts, group))
+            cached = self._shared_changes[group] = (removes, updates)
+        return cached
+
+    def snapshot_for(self, me: str, local: set[str]) -> list[fb.ToDataplane]:
+        """Every route node ``me`` has, with ``local`` its own workloads' destinations."""
+        group = self._group(me)
+        shared = self._shared_snapshot.get(group)
+        if shared is None:
+            shared = self._shared_snapshot[group] = [
+                (dst, self._seen_from(self._facts_for(dst), group)) for dst in self.entries
+            ]
+        own = self._node_dsts.get(me)
+        exceptions = (own | local) if own else local
+        if exceptions:
+            out = [m for dst, m in shared if dst not in exceptions]
+            for dst in exceptions:
+                msg = self.route_for(me, dst, dst in local)
+                if msg is not None:
+                    out.append(msg)
+        else:
+            out = [m for _, m in shared]
+        return out
+
     def end_flush(self) -> None:
-        self._memo = {}
-        self._facts = {}
+        self._invalidate()
         self._existed = {}
         self.dirty = set()
         self.nodes_changed = set()
