@@ -62,6 +62,10 @@ from libcalico.errors import (
     ValidationError,
 )
 from services.ipam.blocks import (
+    ATTR_NAMESPACE,
+    ATTR_NODE,
+    ATTR_POD,
+    ATTR_TYPE,
     STATE_CONFIRMED,
     Block,
     Handle,
@@ -276,6 +280,13 @@ class Allocator:
         self._handles: OrderedDict[str, tuple[Handle | None, int]] = OrderedDict()
         self._node_locks: dict[str, asyncio.Lock] = {}
         self._key_cidrs: dict[str, Network] = {}
+        # Per (node, version): the node's affine blocks in address order, and how many of the
+        # first ones are known full. The affine step starts there, so a node with many full
+        # blocks costs one block look-up per allocation, not one per block. Any change to
+        # the node's affinities drops both; a block of the node gaining free addresses (a
+        # release, or a fresher read) resets the count.
+        self._affine_order: dict[tuple[str, int], list[Network]] = {}
+        self._affine_full: dict[tuple[str, int], int] = {}
         self.stats = {"txns": 0, "conflicts": 0, "reads": 0}
 
     # -- cache plumbing ------------------------------------------------------------------------
@@ -292,7 +303,18 @@ class Allocator:
             return
         cur = self._blocks.get(cidr)
         if cur is None or cur[1] <= rev:
-            self._blocks[cidr] = (block, rev)
+            self._set_block(cidr, block, rev, cur)
+
+    def _set_block(
+        self, cidr: Network, block: Block, rev: int, old: tuple[Block, int] | None
+    ) -> None:
+        self._blocks[cidr] = (block, rev)
+        if block.affinity and (old is None or len(block.unallocated) > len(old[0].unallocated)):
+            self._affine_full.pop((block.host, cidr.version), None)
+
+    def _affinities_changed(self, node: str, version: int) -> None:
+        self._affine_order.pop((node, version), None)
+        self._affine_full.pop((node, version), None)
 
     def _cache_handle(self, handle: str, value: Handle | None, rev: int) -> None:
         self._handles[handle] = (value, rev)
@@ -308,6 +330,7 @@ class Allocator:
             m.pop(cidr, None)
         else:
             m[cidr] = (state, rev)
+        self._affinities_changed(host, cidr.version)
 
     def _absorb(self, kvs: Iterable[KV], compared: Iterable[str]) -> None:
         """Replace cached entries by the store's current values (absent = deleted)."""
@@ -322,7 +345,8 @@ class Allocator:
             if kv is None:
                 self._cache_block(cidr, None, 0)
             else:
-                self._blocks[cidr] = (Block.from_json(kv.value), kv.mod_revision)
+                block = Block.from_json(kv.value)
+                self._set_block(cidr, block, kv.mod_revision, self._blocks.get(cidr))
             return
         aff = keys.parse_affinity_key(key)
         if aff is not None:
@@ -380,6 +404,7 @@ class Allocator:
             if parsed is not None and parsed[0] == node:
                 m[parsed[1]] = (affinity_state(kv.value), kv.mod_revision)
         self._affinity[(node, version)] = m
+        self._affinities_changed(node, version)
         return m
 
     async def _list_blocks(self, version: int | None = None) -> dict[Network, tuple[Block, int]]:
@@ -405,8 +430,26 @@ class Allocator:
         for cidr in [c for c in self._blocks if version is None or c.version == version]:
             if cidr not in listed:
                 del self._blocks[cidr]
-        self._blocks.update(listed)
+        for cidr, (block, rev) in listed.items():
+            old = self._blocks.get(cidr)
+            if old is None or old[1] != rev:
+                self._set_block(cidr, block, rev, old)
         return listed
+
+    async def _block_revisions(self, version: int) -> dict[Network, int]:
+        """Every block (of one version) that exists, with its mod revision; no contents."""
+        self.stats["reads"] += 1
+        kvs, _ = await self.kv.list(keys.block_prefix(version), keys_only=True)
+        out: dict[Network, int] = {}
+        for kv in kvs:
+            cidr = self._key_cidrs.get(kv.key)
+            if cidr is None:
+                cidr = keys.parse_block_key(kv.key)
+                if cidr is None:
+                    continue
+                self._key_cidrs[kv.key] = cidr
+            out[cidr] = kv.mod_revision
+        return out
 
     async def get_config(self) -> tuple[IPAMConfig, int]:
         kv = await self._read(keys.IPAM_CONFIG_KEY)
@@ -421,6 +464,13 @@ class Allocator:
         auto_allocate_blocks: bool | None = None,
         max_blocks_per_host: int | None = None,
     ) -> IPAMConfig:
+        """Change the fields given (None: keep), compare-and-swap on the config key.
+
+        Calico's two cross-field rules hold for the result: StrictAffinity and
+        AutoAllocateBlocks cannot both be off (no address could ever be handed out), and
+        MaxBlocksPerHost needs StrictAffinity (a node at its limit would otherwise borrow, so
+        the limit would mean nothing in some places and something in others).
+        """
         if max_blocks_per_host is not None and max_blocks_per_host < 0:
             raise ValidationError(
                 f"{max_blocks_per_host} is negative",
@@ -435,6 +485,20 @@ class Allocator:
                 cfg.auto_allocate_blocks = auto_allocate_blocks
             if max_blocks_per_host is not None:
                 cfg.max_blocks_per_host = max_blocks_per_host
+            if not cfg.strict_affinity and not cfg.auto_allocate_blocks:
+                raise ValidationError(
+                    "cannot disable StrictAffinity and AutoAllocateBlocks at the same time",
+                    resource="IPAMConfig",
+                    field="autoAllocateBlocks",
+                )
+            if cfg.max_blocks_per_host > 0 and not cfg.strict_affinity:
+                raise ValidationError(
+                    f"MaxBlocksPerHost ({cfg.max_blocks_per_host}) requires StrictAffinity to "
+                    "be enabled: set both, e.g. 'calicoctl ipam configure --strictaffinity=true "
+                    f"--max-blocks-per-host={cfg.max_blocks_per_host}'",
+                    resource="IPAMConfig",
+                    field="maxBlocksPerHost",
+                )
             res = await self.kv.txn(
                 [(keys.IPAM_CONFIG_KEY, rev)], [Put(keys.IPAM_CONFIG_KEY, cfg.to_json())]
             )
@@ -638,13 +702,24 @@ class Allocator:
     ) -> _Plan | None:
         node = args.node
         affine = await self._affine(node, version)
+        key = (node, version)
+        order = self._affine_order.get(key)
+        if order is None:
+            order = self._affine_order[key] = sorted(affine, key=lambda c: int(c.network_address))
         plan = _Plan()
-        for cidr in sorted(affine, key=lambda c: int(c.network_address)):
+        leading_full = True
+        for idx in range(self._affine_full.get(key, 0), len(order)):
             if rem <= 0:
                 break
+            cidr = order[idx]
             cached = self._blocks.get(cidr)
-            if cached is not None and (not cached[0].unallocated or cached[0].host != node):
-                continue  # full (the common case for all but one block), or not ours any more
+            if cached is not None and cached[0].host == node and not cached[0].unallocated:
+                if leading_full:
+                    self._affine_full[key] = idx + 1
+                continue  # full: the common case for all but one block
+            leading_full = False
+            if cached is not None and cached[0].host != node:
+                continue  # not ours any more
             if not self._in_pools(cidr, pools) or reservations.covers(cidr):
                 continue
             if cached is None:
@@ -695,13 +770,21 @@ class Allocator:
             raise _Exhausted("every affine block is full and AutoAllocateBlocks is false")
         owned = [c for c in affine if self._in_pools(c, pools)]
         limit = cfg.effective_max_blocks(args.max_blocks_per_host)
-        existing = await self._list_blocks(version)
+        # Which blocks exist, by key only: a claim must not list every block's contents (in a
+        # big cluster that is megabytes, for one new block every 64 allocations).
+        existing = await self._block_revisions(version)
         # Our own affine blocks may have changed too (borrowers, releases): re-plan if so.
+        # Only those written since we cached them are read again.
         for cidr in owned:
-            listed = existing.get(cidr)
-            if listed is not None and listed[0].host == node:
+            rev = existing.get(cidr)
+            if rev is None:
+                continue
+            cached = self._blocks.get(cidr)
+            if cached is None or cached[1] != rev:
+                cached = await self._block(cidr, fresh=True)
+            if cached is not None and cached[0].host == node:
                 pred = reservations.predicate(cidr) if reservations else None
-                if listed[0].num_free(pred) > 0 and not reservations.covers(cidr):
+                if cached[0].num_free(pred) > 0 and not reservations.covers(cidr):
                     return None
         # An affinity of ours whose block does not exist (a claim someone left half done).
         for cidr in sorted(owned, key=lambda c: int(c.network_address)):
@@ -720,9 +803,10 @@ class Allocator:
                 return self._new_block_plan(cidr, args, reservations, rem, affine, {})
         # No unclaimed block left: take over an empty one nobody has used for a while.
         now = self.wall_clock()
+        listed = await self._list_blocks(version)
         for pool in pools:
-            for cidr in walk_order(pool, node, existing):
-                block, rev = existing[cidr]
+            for cidr in walk_order(pool, node, listed):
+                block, rev = listed[cidr]
                 if not block.empty() or block.host == node or reservations.covers(cidr):
                     continue
                 claimed_at = parse_rfc3339(block.affinity_claim_time or "") or 0.0
@@ -1041,43 +1125,106 @@ class Allocator:
         return out
 
     async def utilization(self, pool_filter: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Per pool: capacity, in use, reserved and per-block figures (``ipam show``)."""
+        """Per pool: capacity, in use, reserved, free and per-block figures (``ipam show``).
+
+        ``free`` counts addresses neither allocated nor reserved: a block's free unreserved
+        ordinals, plus every unreserved address of the pool's blocks nobody has claimed yet.
+        With no filter, blocks that lie in no pool (their pool was deleted) come last under an
+        entry with empty name and cidr, as Calico reports them.
+        """
         pools = await self.resources.pools(fresh=True)
         reservations = await self.resources.reservations(fresh=True)
         blocks = await self._list_blocks()
         names = set(pool_filter)
         nets = {ipaddress.ip_network(f, strict=False) for f in pool_filter if _is_cidr(f)}
         wanted = [p for p in pools if not pool_filter or p.name in names or p.cidr in nets]
+        ordered = sorted(blocks, key=lambda c: (c.version, int(c.network_address)))
+        placed: set[Network] = set()
         out = []
+
+        def block_row(cidr: Network) -> dict[str, Any]:
+            b = blocks[cidr][0]
+            pred = reservations.predicate(cidr) if reservations else None
+            return {
+                "cidr": str(cidr),
+                "affinity": b.affinity or "",
+                "capacity": b.size,
+                "in_use": b.in_use(),
+                "reserved": reservations.count_in(cidr),
+                "free": b.num_free(pred),
+            }
+
         for p in sorted(wanted, key=lambda p: (p.version, int(p.cidr.network_address))):
-            rows = []
-            in_use = 0
-            for cidr in sorted(
-                (c for c in blocks if p.contains_block(c)), key=lambda c: int(c.network_address)
-            ):
-                b = blocks[cidr][0]
-                used = b.in_use()
-                in_use += used
-                rows.append(
-                    {
-                        "cidr": str(cidr),
-                        "affinity": b.affinity or "",
-                        "capacity": b.size,
-                        "in_use": used,
-                        "reserved": reservations.count_in(cidr),
-                    }
-                )
+            rows = [block_row(c) for c in ordered if c not in placed and p.contains_block(c)]
+            placed.update(ipaddress.ip_network(r["cidr"]) for r in rows)
+            reserved = reservations.count_in(p.cidr)
+            # Unclaimed space: the pool minus its blocks, minus what is reserved there.
+            unclaimed = p.cidr.num_addresses - sum(r["capacity"] for r in rows)
+            unclaimed -= reserved - sum(r["reserved"] for r in rows)
             out.append(
                 {
                     "name": p.name,
                     "cidr": str(p.cidr),
                     "capacity": p.cidr.num_addresses,
-                    "in_use": in_use,
-                    "reserved": reservations.count_in(p.cidr),
+                    "in_use": sum(r["in_use"] for r in rows),
+                    "reserved": reserved,
+                    "free": max(0, unclaimed) + sum(r["free"] for r in rows),
                     "blocks": rows,
                 }
             )
+        if not pool_filter:
+            orphans = [block_row(c) for c in ordered if c not in placed]
+            if orphans:
+                out.append(
+                    {
+                        "name": "",
+                        "cidr": "",
+                        "capacity": sum(r["capacity"] for r in orphans),
+                        "in_use": sum(r["in_use"] for r in orphans),
+                        "reserved": sum(r["reserved"] for r in orphans),
+                        "free": sum(r["free"] for r in orphans),
+                        "blocks": orphans,
+                    }
+                )
         return out
+
+    async def borrowed(self) -> tuple[list[dict[str, str]], int]:
+        """Allocations whose node is not the block's affine node (``show --show-borrowed``).
+
+        Includes allocations in blocks with no affinity. Returns the rows and the number of
+        allocations with no ``node`` attribute, which cannot be classified.
+        """
+        blocks = await self._list_blocks()
+        rows: list[dict[str, str]] = []
+        unclassified = 0
+        for cidr in sorted(blocks, key=lambda c: (c.version, int(c.network_address))):
+            block = blocks[cidr][0]
+            owner = block.affinity or ""
+            owner = owner.split(":", 1)[1] if ":" in owner else owner
+            for o in block.allocated_ordinals():
+                sec = (block.attribute_of(o) or {}).get("secondary") or {}
+                node = sec.get(ATTR_NODE)
+                if not node:
+                    unclassified += 1
+                    continue
+                if node == owner:
+                    continue
+                kind, to = "", ""
+                if sec.get(ATTR_POD):
+                    kind, to = ATTR_POD, f"{sec.get(ATTR_NAMESPACE, '')}/{sec[ATTR_POD]}"
+                elif sec.get(ATTR_TYPE):
+                    kind = str(sec[ATTR_TYPE])
+                rows.append(
+                    {
+                        "ip": str(block.ordinal_to_ip(o)),
+                        "borrowing_node": str(node),
+                        "block": str(cidr),
+                        "block_owner": owner,
+                        "type": kind,
+                        "allocated_to": to,
+                    }
+                )
+        return rows, unclassified
 
     async def snapshot(self) -> tuple[list[tuple[Block, int]], dict[str, tuple[Handle, int]]]:
         """Every block and handle in the store (for ``ipam check``)."""

@@ -16,8 +16,12 @@ counts and the problem lists ``inUseButNotAllocated`` / ``notInActivePools`` / `
 Release from a report frees every allocation the report marks not in use, passing its handle
 and sequence number so an address released and re-allocated since the report is left alone,
 then deletes leaked handles at the revision the report saw. Because an address can be taken
-and its WEP written after the report was made, Calico insists the datastore was locked when
-the report was generated; so do we, unless ``force``.
+and its WEP written after the report was made, Calico insists the datastore is locked and
+that the report was made after it was locked (same ClusterInformation revision); so do we,
+``force`` overriding only the first. Several reports release only the leaks common to all.
+
+Everything here runs in the IPAM service (``CheckIPAM`` / ``ReleaseFromReport``);
+``calicoctl ipam check|release`` only prints what comes back, so the logic exists once.
 """
 
 from __future__ import annotations
@@ -103,8 +107,10 @@ def build_report(
     in_use_handles: set[str] = set()
     num_blocks = 0
     num_allocs = 0
+    affinities: dict[str, str | None] = {}
     for block in blocks:
         num_blocks += 1
+        affinities[str(block.cidr)] = block.affinity
         block_host = block.host
         for o in block.allocated_ordinals():
             num_allocs += 1
@@ -191,6 +197,7 @@ def build_report(
         "missingHandles": missing_handles,
         "multipleOwners": multiple_owners,
         "activePools": [str(p.cidr) for p in active],
+        "blockAffinities": affinities,
         "allocationsByNode": dict(sorted(by_node.items(), key=lambda kv: (-kv[1], kv[0]))),
         "summary": {
             "blocks": num_blocks,
@@ -224,62 +231,115 @@ async def check(allocator: Allocator, resources: ResourceStore) -> Report:
 @dataclass
 class ReleaseResult:
     released: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # changed since the report
+    skipped: list[str] = field(default_factory=list)  # addresses changed since the report
     handles_deleted: list[str] = field(default_factory=list)
+    handles_skipped: list[str] = field(default_factory=list)  # handles changed since
+    warnings: list[str] = field(default_factory=list)  # rules overridden by force
+    leaked_in_report: int = 0
+
+
+def _leaks(report: Mapping[str, Any]) -> dict[str, ReleaseOptions]:
+    out: dict[str, ReleaseOptions] = {}
+    for ip, allocs in (report.get("allocations") or {}).items():
+        for a in allocs:
+            if not a.get("inUse"):
+                seq = a.get("sequenceNumber")
+                out[str(ip)] = ReleaseOptions(
+                    str(ip), a.get("handle") or None, int(seq) if seq is not None else None
+                )
+    return out
+
+
+def _leaked_handles(report: Mapping[str, Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for h in report.get("leakedHandles") or []:
+        hid, rev = str(h.get("ID", "")), int(h.get("Revision") or 0)
+        if hid and rev:
+            out[hid] = rev
+    return out
+
+
+def merge_reports(
+    reports: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, ReleaseOptions], dict[str, int]]:
+    """Leaks common to every report (Calico's ``mergeReports``).
+
+    An address counts when every report calls it leaked with the same handle and sequence
+    number (so it was not released and re-allocated in between); a handle when every report
+    saw it leaked at the same revision. Reports made some time apart thus release only what
+    stayed leaked the whole time.
+    """
+    ips = _leaks(reports[0])
+    handles = _leaked_handles(reports[0])
+    for report in reports[1:]:
+        other = _leaks(report)
+        ips = {ip: opt for ip, opt in ips.items() if other.get(ip) == opt}
+        other_h = _leaked_handles(report)
+        handles = {h: rev for h, rev in handles.items() if other_h.get(h) == rev}
+    return ips, handles
 
 
 async def release_from_report(
     allocator: Allocator,
     resources: ResourceStore,
-    report: Mapping[str, Any],
+    report: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     force: bool = False,
 ) -> ReleaseResult:
-    """Release what ``report`` marks leaked (Calico's ``ReleaseFromReports`` rules).
+    """Release what ``report`` (or every one of several reports) marks leaked.
 
-    The report must come from this cluster (same clusterGUID, never overridable); unless
-    ``force``, the datastore must be locked now (ClusterInformation datastoreReady false).
+    Calico's ``ReleaseFromReports`` rules: every report must come from this cluster (same
+    clusterGUID; never overridable); at least one must be current (made at the
+    ClusterInformation revision the cluster has now, i.e. after the datastore was locked);
+    and the datastore must be locked now (ClusterInformation ``datastoreReady: false``)
+    unless ``force``, which turns that refusal into a warning.
+
+    Each address is released with the handle and sequence number the report saw, so one
+    released and handed out again since is skipped, not taken from its new owner; each
+    leaked handle is deleted only at the revision the report saw.
     """
-    if "allocations" not in report:
-        raise ValidationError("not an IPAM check report: it has no allocations")
+    reports = [report] if isinstance(report, Mapping) else list(report)
+    if not reports:
+        raise ValidationError("no report given")
+    for r in reports:
+        if not isinstance(r, Mapping) or "allocations" not in r:
+            raise ValidationError("not an IPAM check report: it has no allocations")
     cluster_info = await resources.get("ClusterInformation", "default")
     spec = (cluster_info or {}).get("spec", {}) or {}
     guid = str(spec.get("clusterGUID", ""))
-    if guid != str(report.get("clusterGUID", "")):
+    revision = str(((cluster_info or {}).get("metadata", {}) or {}).get("resourceVersion", ""))
+    for r in reports:
+        if guid != str(r.get("clusterGUID", "")):
+            raise FailedPreconditionError(
+                "the report is from another cluster (clusterGUID differs); refusing to release"
+            )
+    if not any(str(r.get("clusterInformationRevision", "")) == revision for r in reports):
         raise FailedPreconditionError(
-            "the report is from another cluster (clusterGUID differs); refusing to release"
-        )
-    if not force and spec.get("datastoreReady") is not False:
-        raise FailedPreconditionError(
-            "the datastore is not locked, so addresses the report calls leaked may have been "
-            "taken since; lock the datastore, re-run 'calicoctl ipam check -o FILE', or pass "
-            "--force"
+            "the reports are all stale: at least one must be made after the datastore was "
+            "locked (its clusterInformationRevision is not the cluster's now); lock the "
+            "datastore, run 'calicoctl ipam check -o FILE' again and release from that"
         )
     out = ReleaseResult()
-    for ip, allocs in sorted(report["allocations"].items()):
-        for a in allocs:
-            if a.get("inUse"):
-                continue
-            opt = ReleaseOptions(ip, a.get("handle") or None, a.get("sequenceNumber"))
-            try:
-                unallocated = await allocator.release_ips([opt])
-            except ConflictError as exc:
-                log.info("not releasing %s: %s", ip, exc)
-                out.skipped.append(ip)
-                continue
-            if ip in unallocated:
-                out.skipped.append(ip)
-            else:
-                out.released.append(ip)
-    for h in report.get("leakedHandles") or []:
-        hid = str(h.get("ID", ""))
-        rev = int(h.get("Revision") or 0)
-        if not hid or not rev:
+    if spec.get("datastoreReady") is not False:
+        if not force:
+            raise FailedPreconditionError(
+                "the datastore is not locked, so addresses the report calls leaked may have "
+                "been taken since; lock the datastore, re-run 'calicoctl ipam check -o FILE', "
+                "or pass --force"
+            )
+        out.warnings.append("Data store is not locked. Ignoring due to --force option")
+    ips, handles = merge_reports(reports)
+    out.leaked_in_report = len(ips)
+    for ip, opt in sorted(ips.items()):
+        try:
+            unallocated = await allocator.release_ips([opt])
+        except ConflictError as exc:
+            log.info("not releasing %s: %s", ip, exc)
+            out.skipped.append(ip)
             continue
+        (out.skipped if ip in unallocated else out.released).append(ip)
+    for hid, rev in sorted(handles.items()):
         key = keys.handle_key(hid)
         result = await allocator.kv.txn([(key, rev)], [Delete(key)])
-        if result.succeeded:
-            out.handles_deleted.append(hid)
-        else:
-            out.skipped.append(f"handle {hid}")
+        (out.handles_deleted if result.succeeded else out.handles_skipped).append(hid)
     return out

@@ -63,7 +63,10 @@ class TxnResult:
 class KVStore(Protocol):
     async def get(self, key: str) -> KV | None: ...
 
-    async def list(self, prefix: str) -> tuple[list[KV], int]: ...
+    async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
+        """Every key under ``prefix`` in key order, and the store's revision. ``keys_only``:
+        values empty (revisions kept), for callers that only need to know what exists."""
+        ...
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult: ...
 
@@ -100,9 +103,11 @@ class MemoryKVStore:
         self.reads += 1
         return self.data.get(key)
 
-    async def list(self, prefix: str) -> tuple[list[KV], int]:
+    async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
         self.reads += 1
         kvs = [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)]
+        if keys_only:
+            kvs = [KV(kv.key, b"", kv.mod_revision, kv.create_revision) for kv in kvs]
         return kvs, self.revision
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:
@@ -198,14 +203,27 @@ class KVResourceStore:
 # -- etcd directly ----------------------------------------------------------------------------
 
 
+# etcd answers a Range in one message; gRPC's default 4 MiB limit is hit by a few hundred
+# full blocks. Lists are paged (LIST_PAGE keys a request, all pages read at the first page's
+# revision) and a page may still be large, so the receive limit is raised as the datastore's
+# own etcd client raises it.
+LIST_PAGE = 500
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+)
+
+
 class EtcdKVStore:
-    """``KVStore`` over etcd's v3 gRPC API: one round trip per get, list or transaction."""
+    """``KVStore`` over etcd's v3 gRPC API: one round trip per get or transaction, one per
+    ``LIST_PAGE`` keys of a list."""
 
     def __init__(self, host: str, port: int) -> None:
+        import grpc.aio
         from aetcd import rpc  # the etcd v3 stubs; imported here to keep other imports light
 
         self._rpc = rpc
-        self._channel = rpc.insecure_channel(f"{host}:{port}")
+        self._channel = grpc.aio.insecure_channel(f"{host}:{port}", options=CHANNEL_OPTIONS)
         self._kv = rpc.KVStub(self._channel)
 
     @classmethod
@@ -232,12 +250,23 @@ class EtcdKVStore:
         resp = await self._call(self._kv.Range, self._rpc.RangeRequest(key=key.encode()))
         return self._kv_of(resp.kvs[0]) if resp.kvs else None
 
-    async def list(self, prefix: str) -> tuple[list[KV], int]:
+    async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
         start = prefix.encode()
         end = start[:-1] + bytes([start[-1] + 1])
-        req = self._rpc.RangeRequest(key=start, range_end=end)
-        resp = await self._call(self._kv.Range, req)
-        return [self._kv_of(kv) for kv in resp.kvs], resp.header.revision
+        out: list[KV] = []
+        revision = 0
+        while True:
+            req = self._rpc.RangeRequest(
+                key=start, range_end=end, limit=LIST_PAGE, keys_only=keys_only,
+                revision=revision,
+            )
+            resp = await self._call(self._kv.Range, req)
+            if not revision:
+                revision = resp.header.revision
+            out.extend(self._kv_of(kv) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out, revision
+            start = resp.kvs[-1].key + b"\0"
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:
         rpc = self._rpc
@@ -297,8 +326,8 @@ class DatastoreKVStore:
         kv = await self.client.kv_get(key)
         return None if kv is None else _as_kv(kv)
 
-    async def list(self, prefix: str) -> tuple[list[KV], int]:
-        kvs, rev = await self.client.kv_list(prefix)
+    async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
+        kvs, rev = await self.client.kv_list(prefix, keys_only=keys_only)
         return [_as_kv(kv) for kv in kvs], int(rev)
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:

@@ -14,6 +14,7 @@ from libcalico.api.ipam.v1 import ipam_pb2_grpc as pb_grpc
 from libcalico.errors import ValidationError
 from services.ipam import check
 from services.ipam.allocator import Allocator, AutoAssignArgs, ReleaseOptions
+from services.ipam.blocks import IPAMConfig
 from services.ipam.kvstore import ResourceStore
 from services.ipam.pools import USE_LOAD_BALANCER, USE_TUNNEL, USE_WORKLOAD
 from services.ipam.tunnels import KINDS, TunnelAddresses, TunnelKind
@@ -115,6 +116,7 @@ class IPAMServicer(pb_grpc.IPAMServicer):
                     capacity=p["capacity"],
                     in_use=p["in_use"],
                     reserved=p["reserved"],
+                    free=p["free"],
                     blocks=[pb.BlockUtilization(**b) for b in p["blocks"]],
                 )
                 for p in pools
@@ -134,25 +136,31 @@ class IPAMServicer(pb_grpc.IPAMServicer):
             sequence_number=a.sequence_number,
         )
 
+    async def GetBorrowedIPs(
+        self, request: pb.GetBorrowedIPsRequest, context: Any
+    ) -> pb.GetBorrowedIPsResponse:
+        rows, unclassified = await self.allocator.borrowed()
+        return pb.GetBorrowedIPsResponse(
+            borrowed=[pb.BorrowedIP(**r) for r in rows], unclassified=unclassified
+        )
+
     async def GetConfig(self, request: pb.GetConfigRequest, context: Any) -> pb.IPAMConfig:
         cfg, _ = await self.allocator.get_config()
-        return pb.IPAMConfig(
-            strict_affinity=cfg.strict_affinity,
-            auto_allocate_blocks=cfg.auto_allocate_blocks,
-            max_blocks_per_host=cfg.max_blocks_per_host,
-        )
+        return _config(cfg)
 
     async def SetConfig(self, request: pb.IPAMConfig, context: Any) -> pb.IPAMConfig:
         cfg = await self.allocator.set_config(
-            strict_affinity=request.strict_affinity,
-            auto_allocate_blocks=request.auto_allocate_blocks,
-            max_blocks_per_host=request.max_blocks_per_host,
+            strict_affinity=(
+                request.strict_affinity if request.HasField("strict_affinity") else None
+            ),
+            auto_allocate_blocks=(
+                request.auto_allocate_blocks if request.HasField("auto_allocate_blocks") else None
+            ),
+            max_blocks_per_host=(
+                request.max_blocks_per_host if request.HasField("max_blocks_per_host") else None
+            ),
         )
-        return pb.IPAMConfig(
-            strict_affinity=cfg.strict_affinity,
-            auto_allocate_blocks=cfg.auto_allocate_blocks,
-            max_blocks_per_host=cfg.max_blocks_per_host,
-        )
+        return _config(cfg)
 
     async def EnsureTunnelAddress(
         self, request: pb.EnsureTunnelAddressRequest, context: Any
@@ -175,17 +183,31 @@ class IPAMServicer(pb_grpc.IPAMServicer):
     async def ReleaseFromReport(
         self, request: pb.ReleaseFromReportRequest, context: Any
     ) -> pb.ReleaseFromReportResponse:
-        try:
-            report = json.loads(request.report_json)
-        except ValueError as exc:
-            raise ValidationError(f"the report is not JSON: {exc}") from exc
-        if not isinstance(report, dict):
-            raise ValidationError("the report is not a JSON object")
+        reports = []
+        for raw in [request.report_json, *request.more_reports]:
+            try:
+                report = json.loads(raw)
+            except ValueError as exc:
+                raise ValidationError(f"the report is not JSON: {exc}") from exc
+            if not isinstance(report, dict):
+                raise ValidationError("the report is not a JSON object")
+            reports.append(report)
         result = await check.release_from_report(
-            self.allocator, self.resources, report, force=request.force
+            self.allocator, self.resources, reports, force=request.force
         )
         return pb.ReleaseFromReportResponse(
             released=result.released,
             skipped=result.skipped,
             handles_deleted=result.handles_deleted,
+            handles_skipped=result.handles_skipped,
+            warnings=result.warnings,
+            leaked_in_report=result.leaked_in_report,
         )
+
+
+def _config(cfg: IPAMConfig) -> pb.IPAMConfig:
+    return pb.IPAMConfig(
+        strict_affinity=cfg.strict_affinity,
+        auto_allocate_blocks=cfg.auto_allocate_blocks,
+        max_blocks_per_host=cfg.max_blocks_per_host,
+    )

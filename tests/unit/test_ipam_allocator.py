@@ -166,6 +166,44 @@ async def test_free_ordinals_are_reused_fifo() -> None:
     assert first[0].startswith("10.0.0.0/")
 
 
+async def test_lowest_affine_block_with_room_is_used_even_after_many_filled() -> None:
+    env = make_env()
+    env.pool("p", "10.0.0.0/24", blockSize=28)  # 16 addresses a block
+    got = (await env.alloc.auto_assign(a4("n", "h", n=40))).ipv4  # fills 2 blocks, part of 3
+    first_block = ipaddress.ip_interface(got[0]).network
+    freed = got[3].split("/")[0]
+    await env.alloc.release_ips([ReleaseOptions(freed)])
+    again = (await env.alloc.auto_assign(a4("n", "h2"))).ipv4[0].split("/")[0]
+    assert again == freed  # back in the first block, not the third
+    # Another allocator (no cache) releasing in the first block: seen on a fresh read.
+    other = env.new_allocator()
+    await other.release_ips([ReleaseOptions(got[5].split("/")[0])])
+    nxt = (await env.alloc.auto_assign(a4("n", "h3"))).ipv4[0]
+    assert ipaddress.ip_interface(nxt).network != first_block  # stale cache: still "full"
+    await env.alloc._list_blocks(4)  # a refresh (as the claim step does) shows the room
+    (last,) = (await env.alloc.auto_assign(a4("n", "h4"))).ipv4
+    assert last.split("/")[0] == got[5].split("/")[0]
+
+
+async def test_claiming_a_block_reads_block_keys_not_contents() -> None:
+    lists: list[tuple[str, bool]] = []
+
+    class Recording(MemoryKVStore):
+        async def list(self, prefix: str, keys_only: bool = False) -> Any:
+            lists.append((prefix, keys_only))
+            return await super().list(prefix, keys_only)
+
+    env = make_env(Recording())
+    env.pool("p", "10.0.0.0/16", blockSize=28)
+    for i in range(8):  # other nodes' blocks, full of attributes
+        await env.alloc.auto_assign(a4(f"other{i}", f"o{i}", n=16))
+    lists.clear()
+    await env.alloc.auto_assign(a4("n", "h", n=40))  # claims three blocks
+    block_lists = [keys_only for prefix, keys_only in lists if prefix.startswith(
+        keys.BLOCK_PREFIX)]
+    assert block_lists and all(block_lists)
+
+
 async def test_exhaustion_names_the_pools_and_rolls_back() -> None:
     env = make_env()
     env.pool("tiny", "10.0.0.0/30", blockSize=30)
@@ -199,7 +237,7 @@ async def test_strict_affinity_never_borrows_and_non_strict_does() -> None:
 async def test_max_blocks_per_host_gives_a_clear_error() -> None:
     env = make_env()
     env.pool("p", "10.0.0.0/24", blockSize=28)
-    await env.alloc.set_config(max_blocks_per_host=2)
+    await env.alloc.set_config(strict_affinity=True, max_blocks_per_host=2)
     await env.alloc.auto_assign(a4("n", "h", n=32))
     with pytest.raises(ResourceExhaustedError) as err:
         await env.alloc.auto_assign(a4("n", "h2"))
@@ -221,9 +259,29 @@ async def test_default_limit_is_twenty_blocks() -> None:
 async def test_auto_allocate_blocks_off_only_uses_existing_blocks() -> None:
     env = make_env()
     env.pool("p", "10.0.0.0/24")
-    await env.alloc.set_config(auto_allocate_blocks=False)
+    await env.alloc.set_config(strict_affinity=True, auto_allocate_blocks=False)
     with pytest.raises(ResourceExhaustedError, match="AutoAllocateBlocks is false"):
         await env.alloc.auto_assign(a4("n", "h"))
+
+
+async def test_config_rules_are_calicos_and_unset_fields_are_kept() -> None:
+    env = make_env()
+    with pytest.raises(ValidationError, match="requires StrictAffinity"):
+        await env.alloc.set_config(max_blocks_per_host=4)
+    with pytest.raises(ValidationError, match="cannot disable StrictAffinity and AutoAlloc"):
+        await env.alloc.set_config(auto_allocate_blocks=False)
+    cfg = await env.alloc.set_config(strict_affinity=True, max_blocks_per_host=4)
+    assert (cfg.strict_affinity, cfg.auto_allocate_blocks, cfg.max_blocks_per_host) == (
+        True, True, 4)
+    with pytest.raises(ValidationError, match="requires StrictAffinity"):
+        await env.alloc.set_config(strict_affinity=False)  # would leave the limit without it
+    cfg = await env.alloc.set_config(max_blocks_per_host=0)  # one field: the others stay
+    assert (cfg.strict_affinity, cfg.auto_allocate_blocks, cfg.max_blocks_per_host) == (
+        True, True, 0)
+    stored, _ = await env.alloc.get_config()
+    assert stored == cfg
+    with pytest.raises(ValidationError, match="negative"):
+        await env.alloc.set_config(max_blocks_per_host=-1)
 
 
 async def test_reserved_addresses_are_never_handed_out() -> None:
@@ -380,9 +438,9 @@ class Interleaving(MemoryKVStore):
         await asyncio.sleep(0)
         return await super().get(key)
 
-    async def list(self, prefix: str) -> Any:
+    async def list(self, prefix: str, keys_only: bool = False) -> Any:
         await asyncio.sleep(0)
-        return await super().list(prefix)
+        return await super().list(prefix, keys_only)
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:
         await asyncio.sleep(0)

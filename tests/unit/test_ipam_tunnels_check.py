@@ -90,6 +90,7 @@ async def test_check_finds_leaks_and_release_from_report_reclaims_them() -> None
     env = make_env()
     env.pool("p", "10.0.0.0/24", ipipMode="Always")
     env.node("n1")
+    cluster_info(env, "guid-1")
     used = (await env.alloc.auto_assign(a4("n1", "net.used"))).ipv4[0].split("/")[0]
     leaked = (await env.alloc.auto_assign(a4("n1", "net.leaked", n=2))).ipv4
     env.rs.put_resource(wep("default", "n1-cni-used-eth0", "n1", used, "10.0.0.200", "172.16.0.1"))
@@ -115,18 +116,44 @@ async def test_check_finds_leaks_and_release_from_report_reclaims_them() -> None
     raw = json.loads(json.dumps(report.data))  # what `-o FILE` writes and --from-report reads
     with pytest.raises(FailedPreconditionError, match="--force"):
         await check.release_from_report(env.alloc, env.rs, raw)
-    info = {"kind": "ClusterInformation", "metadata": {"name": "default"},
-            "spec": {"clusterGUID": "elsewhere", "datastoreReady": False}}
-    env.rs.put_resource(info)
+    cluster_info(env, "elsewhere", locked=True)
     with pytest.raises(FailedPreconditionError, match="another cluster"):
         await check.release_from_report(env.alloc, env.rs, raw, force=True)
-    raw["clusterGUID"] = "elsewhere"  # as if made on this (now locked) cluster
+    cluster_info(env, "guid-1", locked=True)  # locking is a new ClusterInformation revision
+    with pytest.raises(FailedPreconditionError, match="stale"):
+        await check.release_from_report(env.alloc, env.rs, raw)  # made before the lock
+    raw = json.loads(json.dumps((await check.check(env.alloc, env.rs)).data))
+    assert raw["datastoreLocked"] is True
     result = await check.release_from_report(env.alloc, env.rs, raw)
     assert sorted(result.released) == sorted(ip.split("/")[0] for ip in leaked)
-    assert result.handles_deleted == ["orphan"]
+    assert result.handles_deleted == ["orphan"] and not result.warnings
+    assert result.leaked_in_report == 2
     after = await check.check(env.alloc, env.rs)
     assert after.summary["allocatedNotInUse"] == 0 and after.summary["handlesWithoutIPs"] == 0
     assert set(allocated(env)) == {used, tun}
+
+
+def cluster_info(env: Env, guid: str, *, locked: bool = False) -> None:
+    env.rs.put_resource({"kind": "ClusterInformation", "metadata": {"name": "default"},
+                         "spec": {"clusterGUID": guid, "datastoreReady": not locked}})
+
+
+async def test_several_reports_release_only_leaks_common_to_all() -> None:
+    env = make_env()
+    env.pool("p", "10.0.0.0/24")
+    cluster_info(env, "g")
+    a = (await env.alloc.auto_assign(a4("n", "net.a"))).ipv4[0].split("/")[0]
+    b = (await env.alloc.auto_assign(a4("n", "net.b"))).ipv4[0].split("/")[0]
+    env.kv.put_json("/calico/ipam/v2/handle/orphan", {"block": {}, "deleted": False})
+    first = json.loads(json.dumps((await check.check(env.alloc, env.rs)).data))
+    env.rs.put_resource(wep("default", "w", "n", a))  # a turns out to be in use after all
+    env.kv.put_json("/calico/ipam/v2/handle/orphan", {"block": {}, "deleted": False})  # touched
+    second = json.loads(json.dumps((await check.check(env.alloc, env.rs)).data))
+    result = await check.release_from_report(env.alloc, env.rs, [first, second], force=True)
+    assert result.released == [b] and result.leaked_in_report == 1
+    assert result.handles_deleted == [] and result.handles_skipped == []  # revisions differ
+    assert result.warnings == ["Data store is not locked. Ignoring due to --force option"]
+    assert set(allocated(env)) == {a}
 
 
 async def test_release_from_report_skips_addresses_reused_since() -> None:

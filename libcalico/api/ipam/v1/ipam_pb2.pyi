@@ -452,12 +452,17 @@ class BlockUtilization(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     IN_USE_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
     cidr: _builtins.str
     affinity: _builtins.str
     """host:<node> or empty"""
     capacity: _builtins.int
     in_use: _builtins.int
     reserved: _builtins.int
+    free: _builtins.int
+    """Neither in use nor reserved (an address allocated before it was reserved counts in both
+    in_use and reserved, so in_use + reserved + free can exceed capacity).
+    """
     def __init__(
         self,
         *,
@@ -466,10 +471,11 @@ class BlockUtilization(_message.Message):
         capacity: _builtins.int = ...,
         in_use: _builtins.int = ...,
         reserved: _builtins.int = ...,
+        free: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "capacity", b"capacity", "cidr", b"cidr", "in_use", b"in_use", "reserved", b"reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "capacity", b"capacity", "cidr", b"cidr", "free", b"free", "in_use", b"in_use", "reserved", b"reserved"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,6 +483,10 @@ Global___BlockUtilization: _TypeAlias = BlockUtilization  # noqa: Y015
 
 @_typing.final
 class PoolUtilization(_message.Message):
+    """One pool; with no pools requested, blocks that lie in no pool come last under an entry
+    with empty name and cidr (Calico's "orphaned blocks", shown only as block rows).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -485,11 +495,13 @@ class PoolUtilization(_message.Message):
     IN_USE_FIELD_NUMBER: _builtins.int
     RESERVED_FIELD_NUMBER: _builtins.int
     BLOCKS_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     cidr: _builtins.str
     capacity: _builtins.int
     in_use: _builtins.int
     reserved: _builtins.int
+    free: _builtins.int
     @_builtins.property
     def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockUtilization]: ...
     def __init__(
@@ -501,10 +513,11 @@ class PoolUtilization(_message.Message):
         in_use: _builtins.int = ...,
         reserved: _builtins.int = ...,
         blocks: _abc.Iterable[Global___BlockUtilization] | None = ...,
+        free: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "capacity", b"capacity", "cidr", b"cidr", "in_use", b"in_use", "name", b"name", "reserved", b"reserved"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "capacity", b"capacity", "cidr", b"cidr", "free", b"free", "in_use", b"in_use", "name", b"name", "reserved", b"reserved"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,6 +618,82 @@ class GetAssignmentAttributesResponse(_message.Message):
 Global___GetAssignmentAttributesResponse: _TypeAlias = GetAssignmentAttributesResponse  # noqa: Y015
 
 @_typing.final
+class GetBorrowedIPsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBorrowedIPsRequest: _TypeAlias = GetBorrowedIPsRequest  # noqa: Y015
+
+@_typing.final
+class BorrowedIP(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IP_FIELD_NUMBER: _builtins.int
+    BORROWING_NODE_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    BLOCK_OWNER_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ALLOCATED_TO_FIELD_NUMBER: _builtins.int
+    ip: _builtins.str
+    borrowing_node: _builtins.str
+    block: _builtins.str
+    block_owner: _builtins.str
+    """the block's affinity without "host:", or empty"""
+    type: _builtins.str
+    """"pod", or the allocation's "type" attribute (ipipTunnelAddress, ...)"""
+    allocated_to: _builtins.str
+    """<namespace>/<pod> for pods"""
+    def __init__(
+        self,
+        *,
+        ip: _builtins.str = ...,
+        borrowing_node: _builtins.str = ...,
+        block: _builtins.str = ...,
+        block_owner: _builtins.str = ...,
+        type: _builtins.str = ...,
+        allocated_to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_to", b"allocated_to", "block", b"block", "block_owner", b"block_owner", "borrowing_node", b"borrowing_node", "ip", b"ip", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BorrowedIP: _TypeAlias = BorrowedIP  # noqa: Y015
+
+@_typing.final
+class GetBorrowedIPsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BORROWED_FIELD_NUMBER: _builtins.int
+    UNCLASSIFIED_FIELD_NUMBER: _builtins.int
+    unclassified: _builtins.int
+    """Allocations with no node attribute: whether they are borrowed cannot be told."""
+    @_builtins.property
+    def borrowed(self) -> _containers.RepeatedCompositeFieldContainer[Global___BorrowedIP]: ...
+    def __init__(
+        self,
+        *,
+        borrowed: _abc.Iterable[Global___BorrowedIP] | None = ...,
+        unclassified: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["borrowed", b"borrowed", "unclassified", b"unclassified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBorrowedIPsResponse: _TypeAlias = GetBorrowedIPsResponse  # noqa: Y015
+
+@_typing.final
 class GetConfigRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -621,6 +710,10 @@ Global___GetConfigRequest: _TypeAlias = GetConfigRequest  # noqa: Y015
 
 @_typing.final
 class IPAMConfig(_message.Message):
+    """Fields are optional so that SetConfig can change one without resetting the others;
+    GetConfig and SetConfig's response set all of them.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STRICT_AFFINITY_FIELD_NUMBER: _builtins.int
@@ -632,15 +725,26 @@ class IPAMConfig(_message.Message):
     def __init__(
         self,
         *,
-        strict_affinity: _builtins.bool = ...,
-        auto_allocate_blocks: _builtins.bool = ...,
-        max_blocks_per_host: _builtins.int = ...,
+        strict_affinity: _builtins.bool | None = ...,
+        auto_allocate_blocks: _builtins.bool | None = ...,
+        max_blocks_per_host: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_allocate_blocks", b"_auto_allocate_blocks", "_max_blocks_per_host", b"_max_blocks_per_host", "_strict_affinity", b"_strict_affinity", "auto_allocate_blocks", b"auto_allocate_blocks", "max_blocks_per_host", b"max_blocks_per_host", "strict_affinity", b"strict_affinity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_allocate_blocks", b"auto_allocate_blocks", "max_blocks_per_host", b"max_blocks_per_host", "strict_affinity", b"strict_affinity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_allocate_blocks", b"_auto_allocate_blocks", "_max_blocks_per_host", b"_max_blocks_per_host", "_strict_affinity", b"_strict_affinity", "auto_allocate_blocks", b"auto_allocate_blocks", "max_blocks_per_host", b"max_blocks_per_host", "strict_affinity", b"strict_affinity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__auto_allocate_blocks: _TypeAlias = _typing.Literal["auto_allocate_blocks"]  # noqa: Y015
+    _WhichOneofArgType__auto_allocate_blocks: _TypeAlias = _typing.Literal["_auto_allocate_blocks", b"_auto_allocate_blocks"]  # noqa: Y015
+    _WhichOneofReturnType__max_blocks_per_host: _TypeAlias = _typing.Literal["max_blocks_per_host"]  # noqa: Y015
+    _WhichOneofArgType__max_blocks_per_host: _TypeAlias = _typing.Literal["_max_blocks_per_host", b"_max_blocks_per_host"]  # noqa: Y015
+    _WhichOneofReturnType__strict_affinity: _TypeAlias = _typing.Literal["strict_affinity"]  # noqa: Y015
+    _WhichOneofArgType__strict_affinity: _TypeAlias = _typing.Literal["_strict_affinity", b"_strict_affinity"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_allocate_blocks) -> _WhichOneofReturnType__auto_allocate_blocks | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_blocks_per_host) -> _WhichOneofReturnType__max_blocks_per_host | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strict_affinity) -> _WhichOneofReturnType__strict_affinity | None: ...
 
 Global___IPAMConfig: _TypeAlias = IPAMConfig  # noqa: Y015
 
@@ -771,18 +875,26 @@ class ReleaseFromReportRequest(_message.Message):
 
     REPORT_JSON_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    MORE_REPORTS_FIELD_NUMBER: _builtins.int
     report_json: _builtins.bytes
     force: _builtins.bool
-    """Release even though the datastore was not locked when the report was made."""
+    """Release even though the datastore is not locked now."""
+    @_builtins.property
+    def more_reports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Further reports (calicoctl ipam release --from-report A --from-report B): only leaks
+        found in every report are released, and at least one report must be current.
+        """
+
     def __init__(
         self,
         *,
         report_json: _builtins.bytes = ...,
         force: _builtins.bool = ...,
+        more_reports: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "report_json", b"report_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "more_reports", b"more_reports", "report_json", b"report_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -795,24 +907,40 @@ class ReleaseFromReportResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
     HANDLES_DELETED_FIELD_NUMBER: _builtins.int
+    HANDLES_SKIPPED_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    LEAKED_IN_REPORT_FIELD_NUMBER: _builtins.int
+    leaked_in_report: _builtins.int
+    """Addresses the report called leaked (what the release attempted)."""
     @_builtins.property
     def released(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Changed since the report (re-allocated or already released); left alone."""
+        """Addresses changed since the report (re-allocated or already released); left alone."""
 
     @_builtins.property
     def handles_deleted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def handles_skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Leaked handles that changed or vanished since the report; left alone."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What was overridden by force (e.g. "Data store is not locked")."""
+
     def __init__(
         self,
         *,
         released: _abc.Iterable[_builtins.str] | None = ...,
         skipped: _abc.Iterable[_builtins.str] | None = ...,
         handles_deleted: _abc.Iterable[_builtins.str] | None = ...,
+        handles_skipped: _abc.Iterable[_builtins.str] | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        leaked_in_report: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handles_deleted", b"handles_deleted", "released", b"released", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handles_deleted", b"handles_deleted", "handles_skipped", b"handles_skipped", "leaked_in_report", b"leaked_in_report", "released", b"released", "skipped", b"skipped", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,6 +74,11 @@ class IPAMStub:
                 request_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetAssignmentAttributesRequest.SerializeToString,
                 response_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetAssignmentAttributesResponse.FromString,
                 _registered_method=True)
+        self.GetBorrowedIPs = channel.unary_unary(
+                '/calicopy.ipam.v1.IPAM/GetBorrowedIPs',
+                request_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetBorrowedIPsRequest.SerializeToString,
+                response_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetBorrowedIPsResponse.FromString,
+                _registered_method=True)
         self.GetConfig = channel.unary_unary(
                 '/calicopy.ipam.v1.IPAM/GetConfig',
                 request_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetConfigRequest.SerializeToString,
@@ -157,6 +162,13 @@ class IPAMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBorrowedIPs(self, request, context):
+        """calicoctl ipam show --show-borrowed: addresses a node holds in a block it has no affinity for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetConfig(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -164,7 +176,9 @@ class IPAMServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetConfig(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes only the fields that are set (compare-and-swap on the config key); returns the
+        whole configuration as stored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -239,6 +253,11 @@ def add_IPAMServicer_to_server(servicer, server):
                     servicer.GetAssignmentAttributes,
                     request_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetAssignmentAttributesRequest.FromString,
                     response_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetAssignmentAttributesResponse.SerializeToString,
+            ),
+            'GetBorrowedIPs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBorrowedIPs,
+                    request_deserializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetBorrowedIPsRequest.FromString,
+                    response_serializer=libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetBorrowedIPsResponse.SerializeToString,
             ),
             'GetConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConfig,
@@ -487,6 +506,33 @@ class IPAM:
             '/calicopy.ipam.v1.IPAM/GetAssignmentAttributes',
             libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetAssignmentAttributesRequest.SerializeToString,
             libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetAssignmentAttributesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBorrowedIPs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/calicopy.ipam.v1.IPAM/GetBorrowedIPs',
+            libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetBorrowedIPsRequest.SerializeToString,
+            libcalico_dot_api_dot_ipam_dot_v1_dot_ipam__pb2.GetBorrowedIPsResponse.FromString,
             options,
             channel_credentials,
             insecure,

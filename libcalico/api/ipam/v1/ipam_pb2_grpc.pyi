@@ -41,8 +41,13 @@ class IPAMStub:
     ReleaseAffinity: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.ReleaseAffinityRequest, _ipam_pb2.ReleaseAffinityResponse]
     GetUtilization: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.GetUtilizationRequest, _ipam_pb2.GetUtilizationResponse]
     GetAssignmentAttributes: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.GetAssignmentAttributesRequest, _ipam_pb2.GetAssignmentAttributesResponse]
+    GetBorrowedIPs: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.GetBorrowedIPsRequest, _ipam_pb2.GetBorrowedIPsResponse]
+    """calicoctl ipam show --show-borrowed: addresses a node holds in a block it has no affinity for."""
     GetConfig: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.GetConfigRequest, _ipam_pb2.IPAMConfig]
     SetConfig: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.IPAMConfig, _ipam_pb2.IPAMConfig]
+    """Changes only the fields that are set (compare-and-swap on the config key); returns the
+    whole configuration as stored.
+    """
     EnsureTunnelAddress: _grpc.UnaryUnaryMultiCallable[_ipam_pb2.EnsureTunnelAddressRequest, _ipam_pb2.EnsureTunnelAddressResponse]
     """Allocate (or return the existing) IPIP / VXLAN tunnel address of a node and write it to
     the Node resource; release it when the node no longer needs one.
@@ -64,8 +69,13 @@ class IPAMAsyncStub(IPAMStub):
     ReleaseAffinity: _aio.UnaryUnaryMultiCallable[_ipam_pb2.ReleaseAffinityRequest, _ipam_pb2.ReleaseAffinityResponse]  # type: ignore[assignment]
     GetUtilization: _aio.UnaryUnaryMultiCallable[_ipam_pb2.GetUtilizationRequest, _ipam_pb2.GetUtilizationResponse]  # type: ignore[assignment]
     GetAssignmentAttributes: _aio.UnaryUnaryMultiCallable[_ipam_pb2.GetAssignmentAttributesRequest, _ipam_pb2.GetAssignmentAttributesResponse]  # type: ignore[assignment]
+    GetBorrowedIPs: _aio.UnaryUnaryMultiCallable[_ipam_pb2.GetBorrowedIPsRequest, _ipam_pb2.GetBorrowedIPsResponse]  # type: ignore[assignment]
+    """calicoctl ipam show --show-borrowed: addresses a node holds in a block it has no affinity for."""
     GetConfig: _aio.UnaryUnaryMultiCallable[_ipam_pb2.GetConfigRequest, _ipam_pb2.IPAMConfig]  # type: ignore[assignment]
     SetConfig: _aio.UnaryUnaryMultiCallable[_ipam_pb2.IPAMConfig, _ipam_pb2.IPAMConfig]  # type: ignore[assignment]
+    """Changes only the fields that are set (compare-and-swap on the config key); returns the
+    whole configuration as stored.
+    """
     EnsureTunnelAddress: _aio.UnaryUnaryMultiCallable[_ipam_pb2.EnsureTunnelAddressRequest, _ipam_pb2.EnsureTunnelAddressResponse]  # type: ignore[assignment]
     """Allocate (or return the existing) IPIP / VXLAN tunnel address of a node and write it to
     the Node resource; release it when the node no longer needs one.
@@ -134,6 +144,14 @@ class IPAMServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ipam_pb2.GetAssignmentAttributesResponse, _abc.Awaitable[_ipam_pb2.GetAssignmentAttributesResponse]]: ...
 
     @_abc_1.abstractmethod
+    def GetBorrowedIPs(
+        self,
+        request: _ipam_pb2.GetBorrowedIPsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ipam_pb2.GetBorrowedIPsResponse, _abc.Awaitable[_ipam_pb2.GetBorrowedIPsResponse]]:
+        """calicoctl ipam show --show-borrowed: addresses a node holds in a block it has no affinity for."""
+
+    @_abc_1.abstractmethod
     def GetConfig(
         self,
         request: _ipam_pb2.GetConfigRequest,
@@ -145,7 +163,10 @@ class IPAMServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _ipam_pb2.IPAMConfig,
         context: _ServicerContext,
-    ) -> _typing.Union[_ipam_pb2.IPAMConfig, _abc.Awaitable[_ipam_pb2.IPAMConfig]]: ...
+    ) -> _typing.Union[_ipam_pb2.IPAMConfig, _abc.Awaitable[_ipam_pb2.IPAMConfig]]:
+        """Changes only the fields that are set (compare-and-swap on the config key); returns the
+        whole configuration as stored.
+        """
 
     @_abc_1.abstractmethod
     def EnsureTunnelAddress(
