@@ -14,6 +14,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+from libcalico.cli.boxtable import box_table
+
 PEER_TYPES = {"Mesh": "node-to-node mesh", "Node": "node specific", "Global": "global"}
 _NAME = re.compile(r"^(Mesh|Node|Global)_(.+?)(?:_port_(\d+))?$")
 
@@ -92,25 +94,6 @@ def parse_protocols(lines: list[str]) -> list[PeerStatus]:
 
 async def peer_status(socket_path: str) -> list[PeerStatus]:
     return parse_protocols(await bird_command(socket_path, "show protocols"))
-
-
-def box_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A go-pretty style box table: centred upper-case headers, left-aligned cells."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def centred(text: str, width: int) -> str:
-        pad = width - len(text)
-        return " " * (pad // 2) + text + " " * (pad - pad // 2)
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
-    out = [rule, line([centred(h, w) for h, w in zip(headers, widths, strict=True)]), rule]
-    out += [line([c.ljust(w) for c, w in zip(r, widths, strict=True)]) for r in rows]
-    out.append(rule)
-    return "\n".join(out)
 
 
 def format_node_status(peers: list[PeerStatus] | None) -> str:

@@ -383,8 +383,6 @@ def test_cluster_information_is_read_only_for_apply(ctl: Harness, tmp_path: Path
 def test_not_yet_available_commands_say_so(ctl: Harness) -> None:
     code, _, err = ctl("node", "status")
     assert code == 1 and len(err.splitlines()) == 1 and "not available yet" in err
-    code, _, err = ctl("ipam", "show")
-    assert code == 1 and len(err.splitlines()) == 1
 
 
 def test_directory_of_manifests_and_duplicate_create(ctl: Harness, tmp_path: Path) -> None:
