@@ -30,7 +30,7 @@ from libcalico import keys
 from libcalico.api.ipam.v1 import ipam_pb2 as pb
 from libcalico.api.ipam.v1 import ipam_pb2_grpc as pb_grpc
 from libcalico.client import DatastoreClient
-from libcalico.errors import ResourceExhaustedError
+from libcalico.errors import ResourceExhaustedError, ValidationError
 from libcalico.etcd_server import EtcdServer
 from libcalico.runtime import make_channel
 from libcalico.testing.datastore import short_socket_dir
@@ -38,7 +38,7 @@ from services.ipam import check
 from services.ipam.allocator import Allocator, ResourceCache
 from services.ipam.blocks import Block
 from services.ipam.config import IPAMServiceConfig
-from services.ipam.kvstore import EtcdKVStore, KVResourceStore
+from services.ipam.kvstore import Delete, EtcdKVStore, KVResourceStore, Put
 from services.ipam.main import IPAMGraph
 from services.ipam.testing import running_ipam
 
@@ -86,6 +86,26 @@ async def etcd_json(etcd: EtcdServer, key: str) -> Any:
         await kv.close()
 
 
+async def test_etcd_lists_page_past_grpc_message_limits(etcd: EtcdServer) -> None:
+    """~10 MB under one prefix: more than gRPC's default 4 MiB message and than one page."""
+    kv = EtcdKVStore.from_endpoint(etcd.endpoint)
+    value = b"x" * 8192
+    try:
+        for start in range(0, 1200, 100):
+            await kv.txn([], [Put(f"/test/page/{i:05d}", value)
+                              for i in range(start, start + 100)])
+        kvs, rev = await kv.list("/test/page/")
+        assert [x.key for x in kvs] == [f"/test/page/{i:05d}" for i in range(1200)]
+        assert all(x.value == value for x in kvs) and rev >= kvs[-1].mod_revision
+        bare, _ = await kv.list("/test/page/", keys_only=True)
+        assert [(x.key, x.mod_revision, x.value) for x in bare] == [
+            (x.key, x.mod_revision, b"") for x in kvs]
+    finally:
+        for start in range(0, 1200, 100):
+            await kv.txn([], [Delete(f"/test/page/{i:05d}") for i in range(start, start + 100)])
+        await kv.close()
+
+
 # -- the service --------------------------------------------------------------------------------
 
 
@@ -128,6 +148,17 @@ async def test_exhaustion_is_resource_exhausted_naming_the_pools(
     req = pb.AutoAssignRequest(num4=9, handle_id="h", node="n")
     with pytest.raises(ResourceExhaustedError, match=r"tiny-a \(10\.71\.0\.0/30\), tiny-b"):
         await stub.AutoAssign(req)
+    # Quickly, also when a real pool is full: 16 blocks claimed by one node, each full, and
+    # another node asks (claim step finds nothing, borrow step finds nothing).
+    await datastore_client.create(ippool("full", "10.71.4.0/22"))
+    await stub.AutoAssign(pb.AutoAssignRequest(num4=1024, handle_id="all", node="hog",
+                                               ipv4_pools=["full"]))
+    for node_name in ("hog", "other"):
+        started = time.monotonic()
+        with pytest.raises(ResourceExhaustedError, match=r"full \(10\.71\.4\.0/22\)"):
+            await stub.AutoAssign(pb.AutoAssignRequest(num4=1, handle_id="x", node=node_name,
+                                                       ipv4_pools=["full"]))
+        assert time.monotonic() - started < 1.0
     async with grpc.aio.insecure_channel(ipam[1]) as channel:  # what any client sees
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.IPAMStub(channel).AutoAssign(req)
@@ -148,9 +179,12 @@ async def test_strict_affinity_and_block_limit(
     assert borrowed.ipv4[0].startswith("10.72.0.")
 
     await datastore_client.create(ippool("big", "10.73.0.0/24", blockSize=28))
-    await stub.SetConfig(pb.IPAMConfig(auto_allocate_blocks=True, max_blocks_per_host=1))
+    with pytest.raises(ValidationError, match="requires StrictAffinity"):
+        await stub.SetConfig(pb.IPAMConfig(max_blocks_per_host=1))
+    await stub.SetConfig(pb.IPAMConfig(strict_affinity=True, max_blocks_per_host=1))
     cfg = await stub.GetConfig(pb.GetConfigRequest())
-    assert cfg.max_blocks_per_host == 1 and not cfg.strict_affinity
+    assert (cfg.max_blocks_per_host, cfg.strict_affinity, cfg.auto_allocate_blocks) == (
+        1, True, True)
     await stub.AutoAssign(
         pb.AutoAssignRequest(num4=16, handle_id="c", node="n", ipv4_pools=["big"]))
     with pytest.raises(ResourceExhaustedError, match=r"MaxBlocksPerHost\) is 1"):
@@ -202,6 +236,85 @@ async def test_check_and_release_from_report_over_grpc(
         report_json=resp.report_json, force=True))
     assert len(rel.released) == 2
     assert (await stub.CheckIPAM(pb.CheckIPAMRequest())).problems == 0
+
+
+# -- calicoctl ipam, as a user runs it --------------------------------------------------------
+
+
+def calicoctl(target: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The ``calicoctl`` binary with ``CALICO_IPAM`` pointing at the service under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALICO_", "OTEL_"))}
+    env["CALICO_IPAM"] = target
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("calicoctl")), *argv],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+async def run_calicoctl(target: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(calicoctl, target, *argv)
+
+
+async def test_calicoctl_ipam_through_the_service(
+    ipam: tuple[IPAMGraph, str], stub: pb_grpc.IPAMStub, datastore_client: DatastoreClient,
+    tmp_path: Path,
+) -> None:
+    target = ipam[1]
+    await datastore_client.create(ippool("p", "10.78.0.0/24"))
+    await stub.AssignIP(pb.AssignIPRequest(ip="10.78.0.1", handle_id="net.a", node="n1",
+                                           attributes={"node": "n1", "pod": "web",
+                                                       "namespace": "prod"}))
+    await stub.AutoAssign(pb.AutoAssignRequest(num4=2, handle_id="net.leak", node="n1",
+                                               attributes={"node": "n1"}))
+    await stub.AssignIP(pb.AssignIPRequest(ip="10.78.0.9", handle_id="net.b", node="n2",
+                                           attributes={"node": "n2"}))
+    await datastore_client.create({
+        "apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+        "metadata": {"name": "n1-k8s-web-eth0", "namespace": "prod"},
+        "spec": {"orchestrator": "k8s", "pod": "web", "node": "n1",
+                 "endpoint": "eth0", "interfaceName": "caliweb",
+                 "ipNetworks": ["10.78.0.1/32", "10.78.0.9/32"]}})
+
+    r = await run_calicoctl(target, "ipam", "show", "--show-blocks")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == """\
++----------+--------------+-----------+------------+--------------+-----------+
+| GROUPING |     CIDR     | IPS TOTAL | IPS IN USE | IPS RESERVED | IPS FREE  |
++----------+--------------+-----------+------------+--------------+-----------+
+| IP Pool  | 10.78.0.0/24 |       256 |     4 (2%) |       0 (0%) | 252 (98%) |
+| Block    | 10.78.0.0/26 |        64 |     4 (6%) |       0 (0%) |  60 (94%) |
++----------+--------------+-----------+------------+--------------+-----------+
+"""
+    r = await run_calicoctl(target, "ipam", "show", "--ip", "10.78.0.1")
+    assert r.stdout.splitlines()[:2] == ["IP 10.78.0.1 is in use", "Handle ID: net.a"]
+    r = await run_calicoctl(target, "ipam", "show", "--show-borrowed")
+    assert "| 10.78.0.9 | n2             | 10.78.0.0/26 | n1          |" in r.stdout
+
+    r = await run_calicoctl(target, "ipam", "configure", "--strictaffinity=true")
+    assert (r.returncode, r.stdout) == (0, "Successfully set StrictAffinity to: true\n")
+    r = await run_calicoctl(target, "ipam", "show", "--show-configuration")
+    assert "| StrictAffinity     | true  |" in r.stdout
+    r = await run_calicoctl(target, "ipam", "configure", "--strictaffinity=false",
+                            "--max-blocks-per-host=3")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+    assert "requires StrictAffinity" in r.stderr
+
+    report = tmp_path / "report.json"
+    r = await run_calicoctl(target, "ipam", "check", "-o", str(report))
+    assert r.returncode == 0, r.stderr
+    assert "Found 2 IPs that are allocated in IPAM but not actually in use." in r.stdout
+    assert r.stdout.endswith("Check complete; found 2 problems.\n")
+    r = await run_calicoctl(target, "ipam", "release", "--from-report", str(report))
+    assert r.returncode == 1 and "not locked" in r.stderr and r.stdout == ""
+    r = await run_calicoctl(target, "ipam", "release", "--from-report", str(report), "--force")
+    assert r.returncode == 0, r.stderr
+    assert "Released 2 IPs successfully" in r.stdout
+    r = await run_calicoctl(target, "ipam", "check")
+    assert r.stdout.endswith("Check complete; found 0 problems.\n")
+    r = await run_calicoctl(target, "ipam", "release", "--ip", "10.78.0.9")
+    assert (r.returncode, r.stdout) == (0, "Successfully released IP address 10.78.0.9\n")
+    r = await run_calicoctl(target, "ipam", "release", "--ip", "10.78.0.9")
+    assert (r.returncode, r.stderr) == (1, "IP address 10.78.0.9 is not assigned\n")
 
 
 # -- the calico-ipam CNI plugin, as a runtime runs it ---------------------------------------
@@ -359,7 +472,7 @@ async def clean_etcd(datastore: Any, datastore_client: DatastoreClient) -> Datas
 
 @pytest.mark.slow
 async def test_eight_allocator_processes_on_four_nodes(
-    clean_etcd: DatastoreClient, etcd: EtcdServer
+    clean_etcd: DatastoreClient, etcd: EtcdServer, ipam: tuple[IPAMGraph, str], tmp_path: Path
 ) -> None:
     per_worker = FULL_SIZE // 8
     started = time.monotonic()
@@ -380,9 +493,13 @@ async def test_eight_allocator_processes_on_four_nodes(
         for o in b.allocated_ordinals():
             # Each from a block affine to its node: 1,000 per node fit in 16 blocks, no borrowing.
             assert (b.attribute_of(o) or {})["secondary"]["node"] == b.host
-    report = await check_etcd(etcd)
-    assert report.problems == 0, report.summary
-    assert report.summary["allocations"] == len(ips) == report.summary["workloadIPs"]
+    # `calicoctl ipam check`, through the IPAM service, finds nothing wrong.
+    r = await run_calicoctl(ipam[1], "ipam", "check", "-o", str(tmp_path / "report.json"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("Check complete; found 0 problems.\n"), r.stdout
+    summary = json.loads((tmp_path / "report.json").read_text())["summary"]
+    assert summary["allocations"] == len(ips) == summary["workloadIPs"]
+    assert summary["handles"] == len(ips) and summary["inUseIPs"] == len(ips)
     print(f"\n{len(ips)} addresses by 8 processes on 4 nodes in {elapsed:.1f}s "
           f"({len(ips) / elapsed:.0f}/s with a WEP write each); conflicts "
           f"{sum(s['conflicts'] for s in stats)}")
@@ -390,7 +507,7 @@ async def test_eight_allocator_processes_on_four_nodes(
 
 @pytest.mark.slow
 async def test_sigkilled_allocator_leaves_only_what_check_finds_and_release_reclaims(
-    clean_etcd: DatastoreClient, etcd: EtcdServer
+    clean_etcd: DatastoreClient, etcd: EtcdServer, ipam: tuple[IPAMGraph, str], tmp_path: Path
 ) -> None:
     victim = start_worker(etcd, "node-0", 100_000, "victim")
     rival = start_worker(etcd, "node-0", 200, "rival")
@@ -405,28 +522,33 @@ async def test_sigkilled_allocator_leaves_only_what_check_finds_and_release_recl
     out, err = await asyncio.to_thread(rival.communicate, timeout=120)
     assert rival.returncode == 0, err
 
-    report = await check_etcd(etcd)
-    s = report.summary
+    # What `calicoctl ipam check` finds, through the IPAM service.
+    report_path = tmp_path / "report.json"
+    r = await run_calicoctl(ipam[1], "ipam", "check", "-o", str(report_path))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(report_path.read_text())
+    s = report["summary"]
     # The victim died between an allocation and its WEP write at most once; nothing else is
     # inconsistent: no unallocated in-use address, no handle without addresses or vice versa.
     assert s["allocatedNotInUse"] <= 1 and s["inUseNotAllocated"] == 0
     assert s["handlesWithoutIPs"] == 0 and s["missingHandles"] == 0
-    leaked = [ip for ip, allocs in report.data["allocations"].items()
+    leaked = [ip for ip, allocs in report["allocations"].items()
               if not any(a["inUse"] for a in allocs)]
-    assert all(report.data["allocations"][ip][0]["handle"].startswith("victim.")
-               for ip in leaked)
+    assert all(report["allocations"][ip][0]["handle"].startswith("victim.") for ip in leaked)
+    assert s["problems"] == len(leaked)
 
-    kv = EtcdKVStore.from_endpoint(etcd.endpoint)
-    try:
-        rs = KVResourceStore(kv)
-        alloc = Allocator(kv, ResourceCache(rs, max_age=0))
-        result = await check.release_from_report(
-            alloc, rs, json.loads(json.dumps(report.data)), force=True)
-        assert sorted(result.released) == sorted(leaked)
-    finally:
-        await kv.close()
+    # `calicoctl ipam release --from-report` reclaims it (the datastore is not locked here).
+    r = await run_calicoctl(ipam[1], "ipam", "release", "--from-report", str(report_path),
+                            "--force")
+    assert r.returncode == 0, r.stderr
+    if leaked:
+        assert f"Released {len(leaked)} IPs successfully" in r.stdout
+    else:
+        assert "Report didn't contain any leaked IPs to clean up." in r.stdout
+    r = await run_calicoctl(ipam[1], "ipam", "check")
+    assert r.stdout.endswith("Check complete; found 0 problems.\n"), r.stdout
     after = await check_etcd(etcd)
     assert after.problems == 0
-    live = set(report.data["allocations"]) - set(leaked)
+    live = set(report["allocations"]) - set(leaked)
     assert set(seen) <= live | set(leaked)  # everything it reported was really allocated
     assert len({ln.split()[0] for ln in out.splitlines()} & set(seen)) == 0
