@@ -380,11 +380,6 @@ def test_cluster_information_is_read_only_for_apply(ctl: Harness, tmp_path: Path
     assert ctl.ds.writes == 0
 
 
-def test_not_yet_available_commands_say_so(ctl: Harness) -> None:
-    code, _, err = ctl("node", "status")
-    assert code == 1 and len(err.splitlines()) == 1 and "not available yet" in err
-
-
 def test_directory_of_manifests_and_duplicate_create(ctl: Harness, tmp_path: Path) -> None:
     code, out, _ = ctl("apply", "-f", str(SEED))
     assert (code, out) == (0, "Successfully applied 4 resource(s)\n")
