@@ -158,7 +158,7 @@ async def test_exhaustion_is_resource_exhausted_naming_the_pools(
         with pytest.raises(ResourceExhaustedError, match=r"full \(10\.71\.4\.0/22\)"):
             await stub.AutoAssign(pb.AutoAssignRequest(num4=1, handle_id="x", node=node_name,
                                                        ipv4_pools=["full"]))
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 1.0  # ~15 ms here; the bound allows a slow CI
     async with grpc.aio.insecure_channel(ipam[1]) as channel:  # what any client sees
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.IPAMStub(channel).AutoAssign(req)
