@@ -87,15 +87,15 @@ class PolicyTable:
         if not tracked:
             self.index.add_item(ls)  # match starts count ep through ls.local
             return
-        rules = self._nodes[node]
-        for key in self.index.item_sels.get(ls, ()):
-            rules.policy_refs(key, 1, (ep,))
+        keys = self.index.item_sels.get(ls)
+        if keys:
+            self._nodes[node].endpoint_policies(keys, ep, 1)
 
     def untrack(self, node: str, ep: EndpointRecord) -> None:
         ls: LabelSet = ep.label_set
-        rules = self._nodes[node]
-        for key in self.index.item_sels.get(ls, ()):
-            rules.policy_refs(key, -1, (ep,))
+        keys = self.index.item_sels.get(ls)
+        if keys:
+            self._nodes[node].endpoint_policies(keys, ep, -1)
         eps = ls.local.get(node)
         if eps is not None:
             eps.discard(ep)
@@ -235,16 +235,36 @@ class ActiveRules:
         if count > 0:
             self.policy_counts[key] = count
             if count == delta:
-                self._table.policies[key].nodes.add(self.node)
-                self._hold(("policy", key), self._table.parsed_policy(key).ipsets)
-                self._seq.dirty_policies.add(key)
+                self._activate(key)
         else:
             self.policy_counts.pop(key, None)
-            rec = self._table.policies.get(key)
-            if rec is not None:
-                rec.nodes.discard(self.node)
-            self._hold(("policy", key), {})
-            self._seq.dirty_policies.add(key)
+            self._deactivate(key)
+
+    def endpoint_policies(self, keys: Iterable[PolicyKey], ep: EndpointRecord, delta: int) -> None:
+        """One endpoint joins (+1) or leaves (-1) every policy in ``keys``."""
+        self._seq.dirty_endpoints.add(ep.key)
+        counts = self.policy_counts
+        for key in keys:
+            count = counts.get(key, 0) + delta
+            if count > 0:
+                counts[key] = count
+                if count == 1 and delta == 1:
+                    self._activate(key)
+            else:
+                del counts[key]
+                self._deactivate(key)
+
+    def _activate(self, key: PolicyKey) -> None:
+        self._table.policies[key].nodes.add(self.node)
+        self._hold(("policy", key), self._table.parsed_policy(key).ipsets)
+        self._seq.dirty_policies.add(key)
+
+    def _deactivate(self, key: PolicyKey) -> None:
+        rec = self._table.policies.get(key)
+        if rec is not None:
+            rec.nodes.discard(self.node)
+        self._hold(("policy", key), {})
+        self._seq.dirty_policies.add(key)
 
     def profile_refs(self, names: Iterable[str], delta: int) -> None:
         for name in names:
