@@ -213,8 +213,9 @@ def table(r: dict[str, Any]) -> str:
             return f"{ph[name]['median']:.1f}" if name in ph else "-"
 
         ds = sum(ph[k]["median"] for k in ("datastore_read", "datastore_write") if k in ph)
+        ipam = sum(ph[k]["median"] for k in ("ipam_wait", "ipam_exit") if k in ph)
         rows.append([cmd, f"{c['wall_ms']['median']:.1f} ms", f"{c['wall_ms']['p99']:.1f} ms",
-                     f"{c['startup_ms']['median']:.1f}", m("import_grpc"), m("ipam_wait"),
+                     f"{c['startup_ms']['median']:.1f}", m("import_grpc"), f"{ipam:.1f}",
                      m("network"), f"{ds:.1f}"])
     width = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, width, strict=True)).rstrip()
@@ -226,7 +227,7 @@ def table(r: dict[str, Any]) -> str:
         "",
         "phases are medians in ms; datastore = reads (ClusterInformation, existing endpoint) "
         "+ the endpoint write; grpc import overlaps the IPAM plugin's run, IPAM wait is what "
-        "is left of it",
+        "is left of it (ADD: until its JSON, plus until its exit after the veth is made)",
         f"floors (median of {FLOOR_RUNS}): ip netns exec {f['ip_netns_exec_ms']} ms, python "
         f"-c pass {f['python_ms']} ms, calico VERSION {f['calico_version_ms']} ms, "
         f"calico-ipam VERSION {f['calico_ipam_version_ms']} ms, grpc+stubs import "
