@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from libcalico.api.calcgraph.v1 import calcgraph_pb2 as cg
 from libcalico.api.felix import felixbackend_pb2 as fb
@@ -142,7 +141,3 @@ class BGPSubscriber:
 
 def in_sync_message() -> fb.ToDataplane:
     return fb.ToDataplane(in_sync=fb.InSync())
-
-
-def describe(sub: Any) -> str:
-    return f"{type(sub).__name__}(node={getattr(sub, 'node', '?')})"

@@ -185,9 +185,6 @@ class IPSetRegistry:
     def members(self, set_id: str) -> list[str]:
         return list(self.sets[set_id].members)
 
-    def set_type(self, set_id: str) -> int:
-        return self.sets[set_id].spec.type
-
     # -- flush ------------------------------------------------------------------------------
 
     def delta_message(self, set_id: str) -> fb.ToDataplane | None:

@@ -320,12 +320,6 @@ class RouteResolver:
         self._cover[dst] = found
         return found
 
-    def node_ip(self, node: str, v6: bool) -> str:
-        info = self._nodes.get(node)
-        if info is None:
-            return ""
-        return info.v6 if v6 else info.v4
-
     def existed(self, dst: str) -> bool:
         """Whether ``dst`` was a cluster-wide route at the last flush."""
         existed = self._existed.get(dst)
