@@ -346,6 +346,11 @@ def test_users_conflist_with_host_local_use_pod_cidr(node: Node, tmp_path: Path)
     """/work/shared/examples/cni/10-calico.conflist, unchanged, once pointed at our datastore:
     host-local on the Node's pod CIDR, then portmap and bandwidth (cniVersion 0.3.1)."""
     conflist = json.loads(EXAMPLE.read_text())
+    # host-local keeps its state under /var/lib/cni/networks/<name> by default (the file
+    # names no dataDir): whatever this test makes there is removed again.
+    made = next((p for p in (Path("/var/lib/cni"), Path("/var/lib/cni/networks"),
+                             Path("/var/lib/cni/networks/k8s-pod-network")) if not p.exists()),
+                None)
     master = {"apiVersion": "projectcalico.org/v3", "kind": "Node",
               "metadata": {"name": "master01"},
               "spec": {"bgp": {"ipv4Address": "10.93.0.1/24"}}}
@@ -382,6 +387,8 @@ def test_users_conflist_with_host_local_use_pod_cidr(node: Node, tmp_path: Path)
         except CniExecError:
             pass
         node.cp.ds(lambda c: c.delete("Node", "master01"))
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.mark.parametrize("include_default_routes", [False, True])
