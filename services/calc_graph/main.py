@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libcalico.api.calcgraph.v1 import calcgraph_pb2_grpc as cg_grpc
 from libcalico.client import DatastoreClient
 from libcalico.client.syncer import Syncer
 from libcalico.keys import IPAM_PREFIX
@@ -30,11 +29,11 @@ from libcalico.runtime import (
 from .config import ENV_PREFIX, CalcGraphConfig
 from .driver import GraphDriver
 from .graph import CalcGraph, build_graph
-from .servicer import CalcGraphServicer
+from .servicer import CalcGraphServicer, add_to_server
 
 log = get_logger(__name__)
 
-SERVICE_NAME = "calicopy.calcgraph.v1.CalcGraph"
+SERVICE_NAME = "calicopy.calcgraph.v1.CalcGraph"  # servicer.SERVICE
 
 
 @dataclass
@@ -62,7 +61,7 @@ def server_spec(svc: CalcGraphService, cfg: CalcGraphConfig) -> ServerSpec:
     return ServerSpec(
         service="calc_graph",
         listen=cfg.listen,
-        register=lambda server: cg_grpc.add_CalcGraphServicer_to_server(svc.servicer, server),
+        register=lambda server: add_to_server(svc.servicer, server),
         service_names=[SERVICE_NAME],
         tasks={"syncer": svc.syncer.run, "flush": svc.driver.run},
         metrics_port=cfg.metrics_port,

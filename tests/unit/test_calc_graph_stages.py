@@ -800,3 +800,30 @@ def test_handover_between_subscribers_of_a_node_between_flushes() -> None:
     dp.apply_batches(new.drain())
     assert set(dp.weps) == {("k8s", "ns1/a", "eth0"), ("k8s", "ns1/b", "eth0")}
     assert "10.0.0.2/32" in dp.routes
+
+
+def test_sync_batches_are_framed_once_and_numbered_per_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from libcalico.api.calcgraph.v1 import calcgraph_pb2 as cg
+    from services.calc_graph import servicer
+    from services.calc_graph.fanout import Batch
+
+    shared = fb.ToDataplane(ipset_delta_update=fb.IPSetDeltaUpdate(id="s:x", added_members=["a"]))
+    own = fb.ToDataplane(route_remove=fb.RouteRemove(dst="10.0.0.0/26"))
+    tp = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    batch = Batch([shared, own, shared], tp, 300)
+    cache = servicer.WireCache()
+    first = [cg.SyncBatch.FromString(data) for data, _ in servicer.encode(batch, 0, cache)]
+    second = [cg.SyncBatch.FromString(data) for data, _ in servicer.encode(batch, 7, cache)]
+    assert cache.misses == 2 and cache.hits == 4  # each message serialised once
+    for out, start in ((first, 0), (second, 7)):
+        (sb,) = out
+        assert sb.traceparent == tp and sb.datastore_revision == 300
+        assert [m.sequence_number for m in sb.messages] == [start, start + 1, start + 2]
+        assert sb.messages[1].route_remove.dst == "10.0.0.0/26"
+        assert list(sb.messages[2].ipset_delta_update.added_members) == ["a"]
+    monkeypatch.setattr(servicer, "MAX_BATCH_MESSAGES", 2)
+    chunks = [cg.SyncBatch.FromString(d) for d, _ in servicer.encode(batch, 0, cache)]
+    assert [len(c.messages) for c in chunks] == [2, 1]
+    assert chunks[1].messages[0].sequence_number == 2 and chunks[1].traceparent == tp
