@@ -10,7 +10,9 @@ What ``calico-lab up --nodes N`` adds to the control plane (``libcalico.cli.lab`
   node's namespace, as a container runtime would (``cni_runtime``);
 - ``namespaces``: Kubernetes namespaces as Calico sees them, ``kns.<name>`` Profiles;
 - ``podserver``: the small server every pod runs (TCP and UDP on 80 and 81);
-- ``probe``: one connection attempt from inside a pod, bounded in time.
+- ``probe``: one connection attempt from inside a pod, bounded in time;
+- ``cni_runtime``: the runtime's side of CNI (what libcni does), used by pods, tests, bench;
+- ``testing``: a private control plane and plugin-run helpers for the CNI tests and bench.
 
 State dir additions (next to the control plane's)::
 
