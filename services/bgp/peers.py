@@ -9,6 +9,11 @@ Follows Calico's confd rules (shared/reference/calico.md §6):
   neither is set (global). It peers with ``peerIP``/``asNumber``, or with every other node its
   ``peerSelector`` matches. Names are ``Global_<ip>`` or ``Node_<ip>``; global peers are
   considered first and a second session to the same address is skipped.
+- Reverse peering: a ``peerSelector`` peering between Calico nodes is two-way unless
+  ``reversePeering: Manual``. A node the selector picks peers back (``Node_<ip>``) with every
+  node the BGPPeer applies to. That is what lets the walkthrough's single BGPPeer
+  (``nodeSelector: all()``, ``peerSelector: route-reflector == "true"``) give the reflector
+  its clients, without a second BGPPeer.
 - A route reflector (``routeReflectorClusterID``) makes every iBGP peer outside its cluster a
   ``rr client`` of it.
 """
@@ -59,13 +64,17 @@ def _selects(selector: str, node: BGPNodeInfo) -> bool:
     return parse(selector).evaluate(node.labels)
 
 
-def _applies_to_me(peer: dict[str, Any], me: BGPNodeInfo) -> tuple[bool, str]:
+def _applies_to(peer: dict[str, Any], node: BGPNodeInfo) -> tuple[bool, str]:
     spec = peer.get("spec", {})
     if spec.get("node"):
-        return spec["node"] == me.name, NODE
+        return spec["node"] == node.name, NODE
     if spec.get("nodeSelector"):
-        return _selects(spec["nodeSelector"], me), NODE
+        return _selects(spec["nodeSelector"], node), NODE
     return True, GLOBAL
+
+
+def _reverse(spec: dict[str, Any]) -> bool:
+    return bool(spec.get("peerSelector")) and spec.get("reversePeering") != "Manual"
 
 
 def compute_peers(view: BGPView) -> list[Peer]:
@@ -94,25 +103,32 @@ def compute_peers(view: BGPView) -> list[Peer]:
             or spec.get("nextHopMode") == "Keep",
         )
 
-    # Global BGPPeers first, then node-specific ones, then the mesh (Calico's order).
-    applicable: list[tuple[str, dict[str, Any]]] = []
+    # Global BGPPeers first, then node-specific ones, then the mesh (Calico's order). A
+    # BGPPeer that does not apply to this node may still select it: then it is the reverse
+    # side of that peering.
+    applicable: list[tuple[str, bool, dict[str, Any]]] = []
     for peer in view.peers:
-        ok, kind = _applies_to_me(peer, me)
-        if ok:
-            applicable.append((kind, peer))
-    applicable.sort(key=lambda kp: (kp[0] != GLOBAL, kp[1].get("metadata", {}).get("name", "")))
-    for kind, peer in applicable:
+        ok, kind = _applies_to(peer, me)
+        if ok or _reverse(peer.get("spec", {})):
+            applicable.append((kind, ok, peer))
+    applicable.sort(key=lambda kp: (kp[0] != GLOBAL, kp[2].get("metadata", {}).get("name", "")))
+    others = sorted((n for n in view.nodes.values() if n.name != me.name), key=lambda n: n.name)
+    for kind, ok, peer in applicable:
         spec = peer.get("spec", {})
-        if spec.get("peerIP"):
+        if ok and spec.get("peerIP"):
             ip, port = split_peer_ip(str(spec["peerIP"]))
             if port:
                 spec = {**spec, "peerPort": port}
             other = next((n for n in view.nodes.values() if n.ipv4 == ip), None)
             add(ip, str(spec.get("asNumber") or my_as), kind, other, spec)
-        elif spec.get("peerSelector"):
-            for other in sorted(view.nodes.values(), key=lambda n: n.name):
-                if other.name != me.name and _selects(spec["peerSelector"], other):
+        elif ok and spec.get("peerSelector"):
+            for other in others:
+                if _selects(spec["peerSelector"], other):
                     add(other.ipv4, view.as_of(other), kind, other, spec)
+        if _reverse(spec) and _selects(spec["peerSelector"], me):
+            for other in others:
+                if _applies_to(peer, other)[0]:
+                    add(other.ipv4, view.as_of(other), NODE, other, spec)
 
     if view.mesh_enabled() and not me.rr_cluster_id:
         for other in sorted(view.nodes.values(), key=lambda n: n.name):

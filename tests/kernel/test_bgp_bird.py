@@ -135,10 +135,9 @@ async def test_mesh_then_route_reflector_walkthrough(cluster: Cluster) -> None:
     # The user's walkthrough: node-1 becomes the reflector, every node peers with it, mesh off.
     c.nodes["node-1"] = BGPNodeInfo("node-1", "10.0.0.1", "10.0.0.1/24", "", "1.1.1.1",
                                     {"route-reflector": "true"})
+    # One BGPPeer, as in the walkthrough: the reflector's side comes from reverse peering.
     c.peers = [{"metadata": {"name": "bgppeer-demo"},
-                "spec": {"nodeSelector": "all()", "peerSelector": 'route-reflector == "true"'}},
-               {"metadata": {"name": "rr-mesh"},
-                "spec": {"nodeSelector": 'route-reflector == "true"', "peerSelector": "all()"}}]
+                "spec": {"nodeSelector": "all()", "peerSelector": 'route-reflector == "true"'}}]
     c.configs = {"default": {"metadata": {"name": "default"},
                              "spec": {"nodeToNodeMeshEnabled": False, "asNumber": 64512}}}
     await c.apply()

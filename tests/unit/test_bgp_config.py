@@ -51,16 +51,50 @@ def test_mesh_off_and_route_reflectors_from_the_walkthrough() -> None:
                           "spec": {"nodeToNodeMeshEnabled": False, "asNumber": 63400}}}
     client = compute_peers(view("node-2", nodes, peers=[peer], configurations=config))
     assert [(p.ip, p.kind, p.asn) for p in client] == [("10.0.0.1", NODE, "63400")]
-    # The reflector peers with every node that selects it, and makes them its clients.
+    # The reflector peers back with every node the BGPPeer applies to (Calico's automatic
+    # reverse peering), and makes them its clients: the one BGPPeer is enough.
     reflector = {p.ip: p for p in compute_peers(view("node-1", nodes, peers=[peer],
                                                      configurations=config))}
-    assert reflector == {}  # its own BGPPeer selects only reflectors: none besides itself
+    assert set(reflector) == {"10.0.0.2", "10.0.0.3"}
+    assert all(p.rr_cluster_id == "1.1.1.1" and p.kind == NODE and p.asn == "63400"
+               for p in reflector.values())
+    assert reflector["10.0.0.2"].name == "Node_10_0_0_2"
+    # A second BGPPeer naming the same sessions adds nothing.
     everyone = {"metadata": {"name": "rr-to-all"},
                 "spec": {"nodeSelector": 'route-reflector == "true"', "peerSelector": "all()"}}
-    reflector = {p.ip: p for p in compute_peers(view("node-1", nodes, peers=[peer, everyone],
-                                                     configurations=config))}
-    assert set(reflector) == {"10.0.0.2", "10.0.0.3"}
-    assert all(p.rr_cluster_id == "1.1.1.1" for p in reflector.values())
+    again = {p.ip: p for p in compute_peers(view("node-1", nodes, peers=[peer, everyone],
+                                                 configurations=config))}
+    assert again == reflector
+
+
+def test_reverse_peering_manual_leaves_the_selected_side_alone() -> None:
+    nodes = dict(NODES)
+    nodes["node-1"] = node("node-1", "10.0.0.1", rr="1.1.1.1", **{"route-reflector": "true"})
+    manual = {"metadata": {"name": "to-rr"},
+              "spec": {"nodeSelector": "!has(route-reflector)",
+                       "peerSelector": 'route-reflector == "true"', "reversePeering": "Manual"}}
+    config = {"default": {"metadata": {"name": "default"},
+                          "spec": {"nodeToNodeMeshEnabled": False}}}
+    assert compute_peers(view("node-1", nodes, peers=[manual], configurations=config)) == []
+    client = compute_peers(view("node-3", nodes, peers=[manual], configurations=config))
+    assert [(p.ip, p.kind) for p in client] == [("10.0.0.1", NODE)]
+    # Auto (the default): node-1 peers back only with the nodes the nodeSelector picks.
+    auto = {**manual, "spec": {k: v for k, v in manual["spec"].items() if k != "reversePeering"}}
+    two = {**nodes, "node-4": node("node-4", "10.0.0.4", rr="1.1.1.1",
+                                   **{"route-reflector": "true"})}
+    back = compute_peers(view("node-1", two, peers=[auto], configurations=config))
+    assert sorted((p.ip, p.kind, p.rr_cluster_id) for p in back) == [
+        ("10.0.0.2", NODE, "1.1.1.1"), ("10.0.0.3", NODE, "1.1.1.1")]
+
+
+def test_global_selector_peering_is_global_both_ways_first() -> None:
+    nodes = dict(NODES)
+    nodes["node-1"] = node("node-1", "10.0.0.1", **{"edge": "true"})
+    nodes["node-2"] = node("node-2", "10.0.0.2", **{"edge": "true"})
+    edges = {"metadata": {"name": "edges"}, "spec": {"peerSelector": "has(edge)"}}
+    peers = {p.ip: p for p in compute_peers(view("node-1", nodes, peers=[edges]))}
+    # node-2 is selected forward (global, first); node-3 only peers back to us: node specific.
+    assert (peers["10.0.0.2"].kind, peers["10.0.0.3"].kind) == (GLOBAL, NODE)
 
 
 def test_reflectors_are_left_out_of_the_mesh() -> None:
