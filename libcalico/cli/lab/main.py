@@ -4,6 +4,8 @@ for the state dir).
     calico-lab up [--nodes N] [--state-dir DIR]   start etcd + services, wait until healthy
     calico-lab status [--state-dir DIR]           pid, alive, health, address of each process
     calico-lab down [--purge] [--state-dir DIR]   stop everything the lab started
+    calico-lab demo [--mode M] [--state-dir DIR]  3 nodes, pods, policies, matrices (README)
+    calico-lab trace [--last | ID] [--state-dir DIR]  one trace of <state>/traces.jsonl as a tree
 
 ``up`` is idempotent: what already runs healthy is left alone, what died is restarted. It exits
 1 with the failing process's log tail when something does not become healthy (what did start
@@ -58,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove etcd's data, logs and traces from the state dir",
     )
     node_commands.add_commands(sub, common)
+    from libcalico.lab.nodes import DEFAULT_MODE, MODES
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="3 nodes, pods, a deny and an allow policy, connectivity matrices")
+    p.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE,
+                   help=f"encapsulation of the lab's pool [default: {DEFAULT_MODE}]")
+    p = sub.add_parser("trace", parents=[common],
+                       help="print one trace of <state>/traces.jsonl as a tree")
+    p.add_argument("trace_id", nargs="?", metavar="ID", help="a trace id (32 hex)")
+    p.add_argument("--last", action="store_true",
+                   help="the newest trace started by calicoctl (the default without ID)")
     return parser
 
 
@@ -155,6 +168,12 @@ def run(argv: Sequence[str]) -> int:
             return node_commands.run(args, layout)
         if args.command == "status":
             return cmd_status(layout)
+        if args.command in ("demo", "trace"):
+            from libcalico.lab import demo
+
+            if args.command == "demo":
+                return demo.run(layout, args.mode)
+            return demo.trace(layout, args.trace_id, None if args.trace_id else "calicoctl")
         return cmd_down(layout, args.purge)
     except BrokenPipeError:
         # Output piped into something that stopped reading (`| head`): nothing to report.
