@@ -7,6 +7,11 @@ tool in fixed-label metrics.
 
 The child inherits the calling thread's network namespace: the driver runs in the node's
 namespace (kernel tests run it on a thread that entered one with ``setns``).
+
+Within a traced apply (a recording current span: the driver's ``dataplane.apply``), each run
+is a span ``exec <tool>`` with what it wrote: ``calico.tool``, ``calico.node``,
+``calico.lines`` and ``calico.bytes`` of its input, ``calico.chains`` (chain headers of an
+``iptables-restore`` input). Outside one (start-up probes) nothing is traced.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+
 from libcalico.errors import CalicoError
+from libcalico.runtime.telemetry import get_tracer
 
 
 class KernelError(CalicoError):
@@ -51,9 +59,26 @@ class ExecRunner:
     """Runs commands with ``asyncio.create_subprocess_exec``; never raises on a non-zero exit."""
 
     stats: dict[str, ToolStats] = field(default_factory=dict)
+    node: str = ""  # for the spans' calico.node
 
     async def run(self, argv: Sequence[str], input: str | None = None,
                   timeout: float = 60.0) -> Result:
+        if not trace.get_current_span().is_recording():
+            return await self._run(argv, input, timeout)
+        tool = os.path.basename(argv[0])
+        attrs: dict[str, str | int] = {"calico.tool": tool, "calico.node": self.node,
+                                       "calico.lines": input.count("\n") if input else 0,
+                                       "calico.bytes": len(input.encode()) if input else 0}
+        if input and tool.startswith(("iptables", "ip6tables")):
+            attrs["calico.chains"] = sum(1 for line in input.splitlines()
+                                         if line.startswith(":"))
+        with get_tracer().start_as_current_span(f"exec {tool}", attributes=attrs) as span:
+            res = await self._run(argv, input, timeout)
+            if res.returncode != 0:
+                span.set_status(trace.StatusCode.ERROR, res.stderr.strip()[:200])
+            return res
+
+    async def _run(self, argv: Sequence[str], input: str | None, timeout: float) -> Result:
         start = time.perf_counter()
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -33,6 +33,11 @@ Rules the loop keeps:
   Anything else is a bug and ends the driver (crash-only; the supervisor restarts it).
 - A stream restart (``RESET``) starts a new generation: desired state is forgotten, the kernel
   is left as it is, and the next ``InSync`` sweeps again.
+
+Tracing: each apply is one span ``dataplane.apply``, a child of the newest batch's
+``traceparent`` it programs (linking the other batches' ones), so a ``calicoctl apply`` trace
+ends in every node's kernel writes: the runner's ``exec <tool>`` spans and ``netlink routes``
+when routes were written.
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from libcalico.api.felix import felixbackend_pb2 as fb
+from libcalico.runtime.telemetry import context_from_traceparent, get_tracer, link_from_traceparent
 
 from .blocks import BlockManager
 from .commands import KernelError
@@ -147,6 +155,7 @@ class Driver:
         self.batch_latencies: list[float] = []  # seconds from receipt to programmed
         self._receipts: deque[tuple[int, float]] = deque()
         self.observers: list[Callable[[ApplyReport], None]] = []
+        self._traceparents: list[str] = []  # of the batches received since the last apply
 
     # -- input -----------------------------------------------------------------------------
 
@@ -233,8 +242,14 @@ class Driver:
     async def _stage(self, name: str, failures: list[str],
                      fn: Callable[[], Awaitable[Any]]) -> None:
         t0 = time.perf_counter()
+        t0_ns = time.time_ns()
         try:
-            await fn()
+            wrote = await fn()
+            if name == "routes" and wrote is True:  # netlink route writes: a span after the fact
+                get_tracer().start_span(
+                    "netlink routes", start_time=t0_ns,
+                    attributes={"calico.tool": "netlink", "calico.node": self.settings.node},
+                ).end()
         except (KernelError, OSError) as exc:
             log.warning("dataplane %s failed (will retry): %s", name, exc)
             failures.append(name)
@@ -245,6 +260,20 @@ class Driver:
         """One pass over every stage; returns whether every write succeeded."""
         if not self.in_sync:
             return False
+        tps, self._traceparents = self._traceparents, []
+        parent = context_from_traceparent(tps[-1]) if tps else None
+        links = [link for tp in dict.fromkeys(tps[:-1])
+                 if (link := link_from_traceparent(tp)) is not None][:32]
+        with get_tracer().start_as_current_span(
+            "dataplane.apply", context=parent, links=links,
+            attributes={"calico.node": self.settings.node, "calico.batches": len(tps)},
+        ) as span:
+            ok = await self._apply_once()
+            if not ok:
+                span.set_status(trace.StatusCode.ERROR, ",".join(self.stats.last_failed_stages))
+            return ok
+
+    async def _apply_once(self) -> bool:
         covered = self._received
         started = time.perf_counter()
         allow = True  # in sync: deletions of what nothing wants are allowed
@@ -385,6 +414,9 @@ class Driver:
 
     def _on_source_batch(self, batch: Batch) -> None:
         self.on_batch(batch.messages)
+        if batch.traceparent:
+            self._traceparents.append(batch.traceparent)
+            del self._traceparents[:-64]
         self._receipts.append((self._received, batch.received or time.perf_counter()))
 
     async def _apply_loop(self) -> None:

@@ -39,7 +39,7 @@ log = get_logger(__name__)
 
 
 async def run_driver(cfg: DataplaneConfig) -> None:
-    runner = ExecRunner()
+    runner = ExecRunner(node=cfg.node_name)
     backend = await detect_backend(runner, cfg.iptables_backend)
     source = CalcGraphSource(cfg.calc_graph, cfg.node_name, driver=f"calico-py-{cfg.flavor}",
                              retry_min=cfg.retry_min, retry_max=min(cfg.retry_max, 5.0))

@@ -1,0 +1,145 @@
+"""One trace from ``calicoctl apply`` to the kernel writes of the node that hosts the pod.
+
+A lab of two nodes with one pod on node-2; ``calicoctl apply`` of a policy selecting that pod
+with ``CALICO_TRACE_FILE`` set (as the lab prints and the demo does). The spans reach
+``<state>/traces.jsonl`` from five processes through batching exporters, so the test polls the
+file (bounded) for the trace of that command and checks its shape: calicoctl → datastore →
+calc_graph → the node's dataplane driver → ``exec iptables*-restore`` with counts and sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from libcalico.netns import have_root
+from libcalico.tracetree import SpanNode, build_tree, load_spans, walk
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+POLL_S = 20.0
+
+POLICY = """\
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: traced
+  namespace: shop
+spec:
+  selector: app == 'api'
+  ingress:
+  - action: Allow
+    protocol: TCP
+    destination:
+      ports: [8080]
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Path]:
+    if not have_root():
+        pytest.skip("the lab's nodes need root to create network namespaces")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed; run scripts/setup.sh")
+    root = Path(tempfile.mkdtemp(prefix="lab-trace-", dir="/tmp"))
+    try:
+        _lab(root, "up", "--nodes", "2")
+        _lab(root, "pod", "add", "node-2", "shop/api", "--labels", "app=api")
+        yield root
+    finally:
+        _lab(root, "down", "--purge", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CALICO_")}
+
+
+def _lab(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(BIN / "calico-lab"), *args, "--state-dir", str(root)],
+                          capture_output=True, text=True, timeout=120, env=_env(),
+                          stdin=subprocess.DEVNULL, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"calico-lab {' '.join(args)}: {proc.stdout}{proc.stderr}")
+    return proc
+
+
+def _calicoctl_trace_id(trace_file: Path, since_ns: int) -> str | None:
+    for s in load_spans(trace_file):
+        if (s.get("service") == "calicoctl" and not s.get("parent_span_id")
+                and s["name"] == "calicoctl apply" and s["start_ns"] >= since_ns):
+            return str(s["trace_id"])
+    return None
+
+
+def test_calicoctl_apply_is_one_trace_down_to_the_kernel_writes(lab: Path) -> None:
+    trace_file = lab / "traces.jsonl"
+    manifest = lab / "traced.yaml"
+    manifest.write_text(POLICY)
+    env = _env()
+    env["CALICO_DATASTORE"] = f"unix://{lab}/sock/datastore.sock"
+    env["CALICO_TRACE_FILE"] = str(trace_file)
+    since = time.time_ns()
+    subprocess.run([str(BIN / "calicoctl"), "apply", "-f", str(manifest)], env=env,
+                   check=True, capture_output=True, timeout=60)
+
+    deadline = time.monotonic() + POLL_S
+    writes: list[SpanNode] = []
+    roots: list[SpanNode] = []
+    while time.monotonic() < deadline:
+        tid = _calicoctl_trace_id(trace_file, since)
+        if tid is not None:
+            roots = build_tree(load_spans(trace_file), tid)
+            writes = [n for n in walk(roots) if n.span["name"].startswith("exec iptables")
+                      and n.span.get("service") == "dataplane"]
+            services = {n.span.get("service") for n in walk(roots)}
+            # Five processes export in batches: wait until every hop's span is in the file.
+            if writes and len(roots) == 1 and {"datastore", "calc_graph"} <= services:
+                break
+        time.sleep(0.2)
+    assert writes, f"no kernel write in the calicoctl trace within {POLL_S}s"
+    assert len(roots) == 1, [r.span["name"] for r in roots]
+
+    services = {n.span.get("service") for n in walk(roots)}
+    assert {"calicoctl", "datastore", "calc_graph", "dataplane"} <= services
+    (root,) = roots
+    assert root.span["service"] == "calicoctl" and not root.linked
+
+    # The chain is parent to child, no links needed: every hop continues the trace.
+    def path_to(target: SpanNode) -> list[str]:
+        def find(node: SpanNode, acc: list[str]) -> list[str] | None:
+            acc = [*acc, f"{node.span.get('service')}:{node.span['name']}"]
+            if node is target:
+                return acc
+            for child in node.children:
+                found = find(child, acc)
+                if found:
+                    return found
+            return None
+        return find(root, []) or []
+
+    write = writes[0]
+    chain = [hop.split(":")[0] for hop in path_to(write)]
+    assert chain[0] == "calicoctl" and chain[-2:] == ["dataplane", "dataplane"]
+    assert chain.index("datastore") < chain.index("calc_graph") < chain.index("dataplane")
+    attrs = write.span["attributes"]
+    assert attrs["calico.node"] == "node-2"  # only the node with the selected pod programs it
+    assert attrs["calico.tool"].endswith("-restore")
+    assert attrs["calico.lines"] > 0 and attrs["calico.bytes"] > attrs["calico.lines"]
+    assert attrs["calico.chains"] >= 1
+    assert not write.children  # the trace ends in the kernel write
+
+    # calico-lab trace prints the same tree.
+    out = _lab(lab, "trace", write.span["trace_id"]).stdout
+    assert "[calicoctl] calicoctl apply" in out and "exec iptables" in out
+    assert "node=node-2" in out and "lines=" in out and "chains=" in out
+    last = _lab(lab, "trace", "--last").stdout
+    assert last.splitlines()[0] == out.splitlines()[0]
