@@ -24,8 +24,9 @@ from libcalico.lab.testing import (
     run_plugin,
 )
 from libcalico.model import wep_name as model_wep_name
+from tests.paths import CNI_EXAMPLES
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "examples" / "cni" / "10-calico.conflist"
+EXAMPLE = CNI_EXAMPLES / "10-calico.conflist"
 K8S_ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1"
 
 

@@ -41,8 +41,9 @@ from services.ipam.config import IPAMServiceConfig
 from services.ipam.kvstore import Delete, EtcdKVStore, KVResourceStore, Put
 from services.ipam.main import IPAMGraph
 from services.ipam.testing import running_ipam
+from tests.paths import CNI_EXAMPLES
 
-EXAMPLE_CONF = Path(__file__).resolve().parents[3] / "shared/examples/cni/calico-ipam-pools.conf"
+EXAMPLE_CONF = CNI_EXAMPLES / "calico-ipam-pools.conf"
 FULL_SIZE = int(os.environ.get("CALICO_IPAM_TEST_ADDRESSES", "4000"))
 
 

@@ -15,19 +15,19 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.test_lab import BIN, Lab, calicoctl, datastore_built, running_lab
+from tests.paths import CNI_EXAMPLES
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not datastore_built(), reason="the datastore service has not landed"),
 ]
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared/examples/cni/calico-ipam-pools.conf"
+EXAMPLE = CNI_EXAMPLES / "calico-ipam-pools.conf"
 POOLS = """\
 apiVersion: projectcalico.org/v3
 kind: IPPool

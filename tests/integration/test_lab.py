@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.paths import SEED_MANIFESTS
+
 BIN = Path(sys.executable).parent
-SEED = Path(__file__).resolve().parents[3] / "shared" / "examples" / "seed-manifests"
+SEED = SEED_MANIFESTS
 RESOURCE_PREFIX = "/calico/resources/v3/projectcalico.org/"
 
 

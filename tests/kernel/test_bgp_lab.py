@@ -33,9 +33,10 @@ import pytest
 
 from libcalico.lab.nodes import default_prefix
 from libcalico.netns import have_root, list_netns, run
+from tests.paths import SEED_MANIFESTS
 
 BIN = Path(sys.executable).parent
-SEEDS = Path(__file__).resolve().parents[3] / "shared" / "examples" / "seed-manifests"
+SEEDS = SEED_MANIFESTS
 BLOCK_PREFIX = 26  # the lab pool's blockSize
 TOR_ADDRESS = "172.30.1.250"
 TOR_AS = 65000

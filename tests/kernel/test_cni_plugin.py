@@ -34,8 +34,9 @@ from libcalico.lab.testing import (
     run_plugin,
 )
 from libcalico.netns import Topology, have_root, run
+from tests.paths import CNI_EXAMPLES
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "examples" / "cni" / "10-calico.conflist"
+EXAMPLE = CNI_EXAMPLES / "10-calico.conflist"
 NODE = "node-k"
 PORTMAP = {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}}
 BANDWIDTH = {"type": "bandwidth", "capabilities": {"bandwidth": True}}

@@ -23,8 +23,9 @@ from libcalico.errors import (
     NotFoundError,
     UnavailableError,
 )
+from tests.paths import SEED_MANIFESTS
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "examples" / "seed-manifests"
+SEED = SEED_MANIFESTS
 NAMESPACED = {"NetworkPolicy", "NetworkSet", "WorkloadEndpoint"}
 
 

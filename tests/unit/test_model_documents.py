@@ -9,8 +9,9 @@ import pytest
 
 from libcalico.errors import ValidationError
 from libcalico.model import load_documents, validate
+from tests.paths import SEED_MANIFESTS
 
-SEED = Path("/work/shared/examples/seed-manifests")
+SEED = SEED_MANIFESTS
 
 
 def seed_files() -> list[Path]:
