@@ -32,6 +32,7 @@ class Batch:
     traceparent: str = ""
     revision: int = 0
     snapshot: bool = False
+    commit_unix_ns: int = 0  # the oldest change's arrival (SyncBatch.datastore_commit_unix_ns)
 
 
 class SubscriberCutOff(Exception):

@@ -9,6 +9,7 @@ the driver calls it from the event loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,12 +87,18 @@ class CalcGraph:
         self._traceparent = ""  # the latest change's; the flush span is its child
         self._causes: dict[str, None] = {}  # earlier changes in this cycle; linked, at most 32
         self._dirty = False
+        # Wall clock when the oldest change of this cycle arrived: the datastore's watch events
+        # carry no commit time, so SyncBatch.datastore_commit_unix_ns is this (the drivers'
+        # policy-programming latency starts here, a watch hop after the etcd commit).
+        self._first_change_ns = 0
         self.on_flush_needed: Callable[[], None] = lambda: None
 
     # -- inputs ------------------------------------------------------------------------------
 
     def on_updates(self, updates: Iterable[UpdateLike]) -> None:
         dispatch = self.dispatcher.dispatch
+        if not self._first_change_ns:
+            self._first_change_ns = time.time_ns()
         for update in updates:
             dispatch(update)
             rev = getattr(update, "revision", 0)
@@ -217,6 +224,7 @@ class CalcGraph:
         self.bgp.end_flush()
         self._traceparent = ""
         self._causes = {}
+        self._first_change_ns = 0
         return queued
 
     def _flush_view(
@@ -241,7 +249,8 @@ class CalcGraph:
                     sub.in_sync_sent = True
                 if not out:
                     continue
-                if sub.offer(Batch(out, traceparent, self.revision)):
+                if sub.offer(Batch(out, traceparent, self.revision,
+                                   commit_unix_ns=self._first_change_ns)):
                     queued += len(out)
                 else:
                     dropped.append(sub)

@@ -74,6 +74,8 @@ def encode(batch: Batch, seq: int, cache: WireCache) -> Iterator[tuple[bytes, in
     if batch.traceparent:
         tp = batch.traceparent.encode()
         tail += b"\x12" + _varint(len(tp)) + tp
+    if batch.commit_unix_ns:
+        tail += b"\x18" + _varint(batch.commit_unix_ns)  # field 3: datastore_commit_unix_ns
     if batch.revision:
         tail += b"\x20" + _varint(batch.revision)
     parts: list[bytes] = []

@@ -16,8 +16,12 @@ Process settings (env ``CALICO_DATAPLANE_*`` > config file > defaults, via the r
 | ``retry_min`` / ``retry_max`` | backoff after a failed write, seconds | 0.1 / 30 |
 | ``report_interval`` | seconds between ProcessStatusUpdate heartbeats | 10 |
 | ``mtu_file`` | where the pod MTU is written for the CNI plugin | ``/var/lib/calico/mtu`` |
+| ``endpoint_status_dir`` | a status file per programmed local endpoint (1) | none (off) |
 | ``metrics_port`` | Prometheus ``/metrics`` on 127.0.0.1 (0/empty: off) | none |
 | ``log_level`` | DEBUG/INFO/WARNING/ERROR | INFO |
+
+(1) Calico's ``EndpointStatusPathPrefix``; the CNI plugin's ``policy_setup_timeout_seconds``
+waits for its endpoint's file (``libcalico.endpoint_status``).
 
 Felix parameters come in ``ConfigUpdate`` messages (names as Felix spells them, values as
 strings) and are parsed by ``FelixParams.from_config``; the policy compiler reads the ones about
@@ -55,6 +59,7 @@ class DataplaneConfig:
     ipv6_support: bool = True
     metrics_port: int | None = None
     trace_file: Path | None = None
+    endpoint_status_dir: Path | None = None
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
 

@@ -52,13 +52,14 @@ from typing import Any
 
 from opentelemetry import trace
 
+from libcalico import endpoint_status
 from libcalico.api.felix import felixbackend_pb2 as fb
 from libcalico.runtime.telemetry import context_from_traceparent, get_tracer, link_from_traceparent
 
 from .blocks import BlockManager
 from .commands import KernelError
 from .conntrack import ConntrackManager
-from .endpoints import EndpointManager, wep_id
+from .endpoints import EndpointManager, wep_id, wep_key
 from .ipip import IPIPManager
 from .masq import MasqManager
 from .mtu import MTUManager
@@ -86,6 +87,7 @@ class DriverSettings:
     routes_refresh: float = 90.0
     retry_min: float = 0.1
     retry_max: float = 30.0
+    endpoint_status_dir: str | None = None  # status file per local endpoint (CNI waits on it)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,11 @@ class ApplyReport:
     seconds: float
     failed_stages: tuple[str, ...]
     batch_latencies: tuple[float, ...]  # of the batches this apply programmed
+    # Wall seconds from the change's commit (calc_graph's receipt of the watch event, carried
+    # as SyncBatch.datastore_commit_unix_ns) to this apply's end, per batch programmed.
+    policy_latencies: tuple[float, ...] = ()
+    # Wall seconds from a new local endpoint's commit to its first "up" (pod network ready).
+    ready_latencies: tuple[float, ...] = ()
 
 
 @dataclass
@@ -104,6 +111,7 @@ class ApplyStats:
     last_failed_stages: list[str] = field(default_factory=list)
     last_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    resyncs: dict[str, int] = field(default_factory=dict)  # stream restarts, owner read-backs
 
 
 class Driver:
@@ -156,6 +164,8 @@ class Driver:
         self._receipts: deque[tuple[int, float]] = deque()
         self.observers: list[Callable[[ApplyReport], None]] = []
         self._traceparents: list[str] = []  # of the batches received since the last apply
+        self._commits: deque[tuple[int, int]] = deque(maxlen=10000)  # (_received, commit ns)
+        self._ep_since: dict[Any, int] = {}  # new local endpoint -> commit ns, until it is up
 
     # -- input -----------------------------------------------------------------------------
 
@@ -184,6 +194,7 @@ class Driver:
     def new_generation(self) -> None:
         """The stream restarted: forget desired state, keep the kernel, wait for InSync."""
         self.generation += 1
+        self.stats.resyncs["stream"] = self.stats.resyncs.get("stream", 0) + 1
         self.in_sync = False
         self._sweep_pending = False
         self.policy.new_generation()
@@ -238,6 +249,7 @@ class Driver:
         now = time.monotonic()
         for g in groups:
             self._last_refresh[g] = now
+            self.stats.resyncs[g] = self.stats.resyncs.get(g, 0) + 1
 
     async def _stage(self, name: str, failures: list[str],
                      fn: Callable[[], Awaitable[Any]]) -> None:
@@ -347,17 +359,30 @@ class Driver:
         await self._stage("mtu-file", failures, mtu_file)
 
         updates, removed = self.endpoints.status_changes(apply_ok=not failures)
+        now_ns = time.time_ns()
+        ready: list[float] = []
+        status_dir = self.settings.endpoint_status_dir
         for key, status, ep in updates:
             self.reporter.endpoint(wep_id(key), status, ep.endpoint)
+            if status == "up" and key in self._ep_since:
+                ready.append(max(0, now_ns - self._ep_since.pop(key)) / 1e9)
+            if status_dir:
+                endpoint_status.write(status_dir, endpoint_status.filename(*key), {
+                    "status": status, "ifaceName": ep.ifname, "node": self.settings.node,
+                    "nets": list(ep.nets), "unix_ns": now_ns})
         for key in removed:
             self.reporter.endpoint_removed(wep_id(key))
+            self._ep_since.pop(key, None)
+            if status_dir:
+                endpoint_status.remove(status_dir, endpoint_status.filename(*key))
 
         self.stats.applies += 1
         self.stats.last_seconds = time.perf_counter() - started
         self.stats.last_failed_stages = failures
         if failures:
             self.stats.failures += 1
-            self._notify(ApplyReport(self.stats.last_seconds, tuple(failures), ()))
+            self._notify(ApplyReport(self.stats.last_seconds, tuple(failures), (),
+                                     ready_latencies=tuple(ready)))
             return False
         if not self._in_sync_reported:
             self.reporter.in_sync()
@@ -369,7 +394,11 @@ class Driver:
             programmed.append(done - self._receipts.popleft()[1])
         self.batch_latencies.extend(programmed)
         del self.batch_latencies[:-10000]
-        self._notify(ApplyReport(self.stats.last_seconds, (), tuple(programmed)))
+        policy = []
+        while self._commits and self._commits[0][0] <= covered:
+            policy.append(max(0, now_ns - self._commits.popleft()[1]) / 1e9)
+        self._notify(ApplyReport(self.stats.last_seconds, (), tuple(programmed), tuple(policy),
+                                 tuple(ready)))
         async with self._applied_cond:
             self.applied = covered
             self._applied_cond.notify_all()
@@ -413,7 +442,15 @@ class Driver:
                 self._on_source_batch(item)
 
     def _on_source_batch(self, batch: Batch) -> None:
+        commit = batch.commit_unix_ns or time.time_ns()
+        for msg in batch.messages:
+            if msg.WhichOneof("payload") == "workload_endpoint_update":
+                key = wep_key(msg.workload_endpoint_update.id)
+                if key not in self.endpoints.endpoints:
+                    self._ep_since.setdefault(key, commit)
         self.on_batch(batch.messages)
+        if batch.commit_unix_ns:
+            self._commits.append((self._received, batch.commit_unix_ns))
         if batch.traceparent:
             self._traceparents.append(batch.traceparent)
             del self._traceparents[:-64]

@@ -51,6 +51,7 @@ async def run_driver(cfg: DataplaneConfig) -> None:
             ipsets_refresh=cfg.ipsets_refresh_interval,
             routes_refresh=cfg.routes_refresh_interval,
             retry_min=cfg.retry_min, retry_max=cfg.retry_max,
+            endpoint_status_dir=str(cfg.endpoint_status_dir) if cfg.endpoint_status_dir else None,
         ),
         sink=sink, runner=runner, iptables_backend=backend, mtu_file=cfg.mtu_file,
         ipv6=cfg.ipv6_support, report_interval=cfg.report_interval,
