@@ -42,6 +42,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -406,9 +407,37 @@ class CalicoPlugin:
                 self.release(args, nc)
             self.log.error(f"ADD {ids.name} failed: {getattr(exc, 'msg', exc)}")
             raise
+        if nc.policy_setup_timeout > 0:
+            with self.spans.span("policy_wait"):
+                self.wait_for_dataplane(nc, ids)
         result = self.result(args, ids, addresses, iface.container_mac, ipam_result, nc)
         self.log.info(f"ADD {ids.name} done: {', '.join(addresses)} on {ids.host_ifname}")
         return result
+
+    def wait_for_dataplane(self, nc: NetConf, ids: wep.Identifiers) -> bool:
+        """Poll for the endpoint's status file (``libcalico.endpoint_status``) until it says
+        ``up`` or ``policy_setup_timeout_seconds`` pass. As Calico, a timeout only warns: the
+        pod starts, its policy follows when the dataplane gets to it."""
+        from libcalico import endpoint_status
+
+        workload = f"{ids.namespace}/{ids.pod}" if ids.orchestrator == wep.K8S else ids.workload
+        name = endpoint_status.filename(ids.orchestrator, workload, ids.endpoint)
+        t0 = time.monotonic()
+        deadline = t0 + nc.policy_setup_timeout
+        delay = 0.005
+        while True:
+            status = endpoint_status.read(nc.endpoint_status_dir, name)
+            if status is not None and status.get("status") == "up":
+                self.log.info(f"endpoint {ids.name} programmed by the dataplane after "
+                              f"{(time.monotonic() - t0) * 1000:.0f} ms")
+                return True
+            if time.monotonic() >= deadline:
+                self.log.warning(f"endpoint {ids.name} not programmed within "
+                                 f"policy_setup_timeout_seconds={nc.policy_setup_timeout:g} "
+                                 f"(no 'up' in {nc.endpoint_status_dir}/{name}); continuing")
+                return False
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.05)
 
     def identifiers(self, args: CmdArgs, nc: NetConf) -> wep.Identifiers:
         if len(args.ifname) > 15:

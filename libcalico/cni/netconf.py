@@ -23,6 +23,11 @@ Fields read (Calico's names; ``cni-plugin/pkg/types`` in Calico)::
     pod_metadata_dir         (calico-py) where pod labels/annotations/ports are read from:
                              <dir>/<namespace>/<pod>.json (the lab writes these)
     device_type              veth only
+    policy_setup_timeout_seconds  ADD waits (at most this long) until this node's dataplane
+                             has programmed the endpoint; 0 or absent: no wait (Calico's
+                             default). A wait that times out is a warning, not a failure.
+    endpoint_status_dir      where the dataplane writes endpoint status files
+                             [/var/run/calico/endpoint-status]
 
 Fields that name a Kubernetes cluster (``datastore_type: kubernetes``, ``kubernetes.kubeconfig``,
 ``kubernetes.k8s_api_root``, ``policy.type: k8s``) and Calico features this plugin does not
@@ -41,6 +46,7 @@ from typing import Any
 DEFAULT_NETWORK = "k8s-pod-network"
 DEFAULT_NODENAME_FILE = "/var/lib/calico/nodename"
 DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
+DEFAULT_ENDPOINT_STATUS_DIR = "/var/run/calico/endpoint-status"
 DEFAULT_MTU = 1500
 DEFAULT_LOG_FILE = "/var/log/calico/cni/cni.log"
 DEFAULT_DATASTORE = "unix:///run/calico-lab/sock/datastore.sock"
@@ -71,6 +77,8 @@ class NetConf:
     pod_metadata_dir: str
     raw: dict[str, Any] = field(repr=False)
     notes: tuple[str, ...] = ()
+    policy_setup_timeout: float = 0.0
+    endpoint_status_dir: str = DEFAULT_ENDPOINT_STATUS_DIR
 
     @property
     def ipam_type(self) -> str:
@@ -216,6 +224,13 @@ def load(conf: dict[str, Any], env: Mapping[str, str] | None = None) -> NetConf:
     if not isinstance(settings, dict):
         raise ConfigError("container_settings must be an object")
     datastore = datastore_target(conf, env)
+    try:
+        policy_timeout = float(conf.get("policy_setup_timeout_seconds") or 0)
+    except (TypeError, ValueError):
+        raise ConfigError("policy_setup_timeout_seconds must be a number, got "
+                          f"{conf.get('policy_setup_timeout_seconds')!r}") from None
+    if policy_timeout < 0:
+        raise ConfigError("policy_setup_timeout_seconds must not be negative")
     return NetConf(
         name=str(conf.get("name") or DEFAULT_NETWORK),
         cni_version=str(conf.get("cniVersion") or "0.1.0"),
@@ -230,6 +245,8 @@ def load(conf: dict[str, Any], env: Mapping[str, str] | None = None) -> NetConf:
         pod_metadata_dir=str(conf.get("pod_metadata_dir") or ""),
         raw=conf,
         notes=tuple(unsupported(conf, datastore)),
+        policy_setup_timeout=policy_timeout,
+        endpoint_status_dir=str(conf.get("endpoint_status_dir") or DEFAULT_ENDPOINT_STATUS_DIR),
     )
 
 

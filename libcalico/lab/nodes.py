@@ -111,7 +111,8 @@ class AgentDef:
 
 AGENTS: tuple[AgentDef, ...] = (
     AgentDef("dataplane", "services.dataplane", "calico-dataplane", "CALICO_DATAPLANE_",
-             {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "MTU_FILE": "mtu_file"}),
+             {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "MTU_FILE": "mtu_file",
+              "ENDPOINT_STATUS_DIR": "endpoint_status_dir"}),
     AgentDef("bgp", "services.bgp", "calico-bgp", "CALICO_BGP_",
              {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "BIRD_DIR": "bird_dir",
               "LISTEN": "listen"}, BIRD_MODES),
@@ -482,6 +483,9 @@ def write_node_files(lab: LabNodes, node: str) -> None:
                 "datastore_type": "etcdv3",
                 "datastore_endpoint": lab.layout.target("datastore"),
                 "pod_metadata_dir": str(lab.pods_dir),
+                # Off as in Calico; a number of seconds makes ADD wait for the dataplane.
+                "policy_setup_timeout_seconds": 0,
+                "endpoint_status_dir": str(d / "endpoint-status"),
                 "ipam": ipam,
                 "container_settings": {"allow_ip_forwarding": False},
             },
@@ -498,6 +502,7 @@ def _agent_env(lab: LabNodes, agent: AgentDef, node: str) -> dict[str, str]:
         "node": node,
         "calc_graph": lab.layout.target("calc_graph"),
         "mtu_file": str(lab.mtu_path(node)),
+        "endpoint_status_dir": str(lab.node_dir(node) / "endpoint-status"),
         "bird_dir": str(lab.node_dir(node) / "bird"),
         "listen": lab.layout.target(f"{node}.{agent.name}"),
     }

@@ -143,3 +143,51 @@ def test_calicoctl_apply_is_one_trace_down_to_the_kernel_writes(lab: Path) -> No
     assert "node=node-2" in out and "lines=" in out and "chains=" in out
     last = _lab(lab, "trace", "--last").stdout
     assert last.splitlines()[0] == out.splitlines()[0]
+
+
+def _set_calico_conf(lab: Path, node: str, **fields: object) -> dict[str, object]:
+    import json
+
+    path = lab / "nodes" / node / "10-calico.conflist"
+    conflist = json.loads(path.read_text())
+    before = dict(conflist["plugins"][0])
+    conflist["plugins"][0].update(fields)
+    path.write_text(json.dumps(conflist, indent=2))
+    return before
+
+
+def test_cni_add_waits_until_the_dataplane_programmed_the_endpoint(lab: Path) -> None:
+    """``policy_setup_timeout_seconds``: ADD returns once node-2's driver wrote the endpoint's
+    status file; with a status dir nothing writes to, it returns after the timeout, warning."""
+    from libcalico import endpoint_status
+
+    before = _set_calico_conf(lab, "node-2", policy_setup_timeout_seconds=5)
+    status_dir = lab / "nodes" / "node-2" / "endpoint-status"
+    assert before["endpoint_status_dir"] == str(status_dir)
+    try:
+        _lab(lab, "pod", "add", "node-2", "shop/waited", "--labels", "app=api")
+        # Checked after ADD returned: the file was there when the plugin returned.
+        status = endpoint_status.read(status_dir, endpoint_status.filename(
+            "k8s", "shop/waited", "eth0"))
+        assert status is not None and status["status"] == "up" and status["node"] == "node-2"
+        log = (lab / "logs" / "cni.log").read_text()
+        assert "node--2-k8s-waited-eth0 programmed by the dataplane after" in log
+
+        _set_calico_conf(lab, "node-2", policy_setup_timeout_seconds=0.5,
+                         endpoint_status_dir=str(lab / "nobody-writes-here"))
+        t0 = time.monotonic()
+        _lab(lab, "pod", "add", "node-2", "shop/late", "--labels", "app=api")
+        assert time.monotonic() - t0 >= 0.5
+        log = (lab / "logs" / "cni.log").read_text()
+        assert "node--2-k8s-late-eth0 not programmed within policy_setup_timeout_seconds=0.5" \
+            in log
+    finally:
+        _set_calico_conf(lab, "node-2", **before)
+        for pod in ("shop/waited", "shop/late"):
+            _lab(lab, "pod", "del", pod, check=False)
+    # The endpoint's status file goes with it (the driver hears of the deletion: poll).
+    gone = status_dir / endpoint_status.filename("k8s", "shop/waited", "eth0")
+    deadline = time.monotonic() + POLL_S
+    while gone.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not gone.exists()
