@@ -112,7 +112,7 @@ class AgentDef:
 AGENTS: tuple[AgentDef, ...] = (
     AgentDef("dataplane", "services.dataplane", "calico-dataplane", "CALICO_DATAPLANE_",
              {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "MTU_FILE": "mtu_file",
-              "ENDPOINT_STATUS_DIR": "endpoint_status_dir"}),
+              "ENDPOINT_STATUS_DIR": "endpoint_status_dir", "LISTEN": "listen"}),
     AgentDef("bgp", "services.bgp", "calico-bgp", "CALICO_BGP_",
              {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "BIRD_DIR": "bird_dir",
               "LISTEN": "listen"}, BIRD_MODES),

@@ -17,6 +17,7 @@ Process settings (env ``CALICO_DATAPLANE_*`` > config file > defaults, via the r
 | ``report_interval`` | seconds between ProcessStatusUpdate heartbeats | 10 |
 | ``mtu_file`` | where the pod MTU is written for the CNI plugin | ``/var/lib/calico/mtu`` |
 | ``endpoint_status_dir`` | a status file per programmed local endpoint (1) | none (off) |
+| ``listen`` | gRPC health (and reflection) addresses; SERVING once in sync | none (off) |
 | ``metrics_port`` | Prometheus ``/metrics`` on 127.0.0.1 (0/empty: off) | none |
 | ``log_level`` | DEBUG/INFO/WARNING/ERROR | INFO |
 
@@ -60,6 +61,7 @@ class DataplaneConfig:
     metrics_port: int | None = None
     trace_file: Path | None = None
     endpoint_status_dir: Path | None = None
+    listen: list[str] = field(default_factory=list)
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
 

@@ -24,12 +24,12 @@ import signal
 from libcalico.runtime.config import load_config
 from libcalico.runtime.log import get_logger, setup_logging
 from libcalico.runtime.metrics import start_metrics_server
-from libcalico.runtime.server import run_main
+from libcalico.runtime.server import ServerSpec, run_main, start_in_process
 from libcalico.runtime.telemetry import setup_tracing
 
 from .commands import ExecRunner
 from .config import ENV_PREFIX, DataplaneConfig
-from .driver import DriverSettings
+from .driver import ApplyReport, DriverSettings
 from .flavors import build_driver
 from .metrics import observe_driver
 from .owners.iptables import detect_backend
@@ -57,6 +57,20 @@ async def run_driver(cfg: DataplaneConfig) -> None:
         ipv6=cfg.ipv6_support, report_interval=cfg.report_interval,
     )
     observe_driver(driver, runner)
+    health = None
+    if cfg.listen:
+        # gRPC health only (calico-lab status, supervisors): NOT_SERVING until the first
+        # apply after InSync succeeded.
+        health = await start_in_process(ServerSpec(
+            service="dataplane", listen=cfg.listen, register=lambda _server: None,
+            initially_serving=False))
+        serving: list[asyncio.Task[None]] = []
+
+        def on_apply(report: ApplyReport) -> None:
+            if not report.failed_stages and not serving and health is not None:
+                serving.append(asyncio.get_running_loop().create_task(health.set_serving(True)))
+
+        driver.observers.append(on_apply)
     log.info("dataplane driver starting", node=cfg.node_name, flavor=cfg.flavor,
              iptables_backend=backend, calc_graph=cfg.calc_graph)
     task = asyncio.current_task()
@@ -82,6 +96,8 @@ async def run_driver(cfg: DataplaneConfig) -> None:
             await driver.reporter.flush()
         await sink.close()
         await source.close()
+        if health is not None:
+            await health.stop()
 
 
 async def amain() -> None:
