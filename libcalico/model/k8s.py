@@ -263,7 +263,12 @@ def k8s_network_policy_to_calico(policy: Mapping[str, Any]) -> Resource:
     policy_types = as_list(ctx, "spec.policyTypes", spec.get("policyTypes") or [])
     for i, t in enumerate(policy_types):
         enum(ctx, f"spec.policyTypes[{i}]", t, ("Ingress", "Egress"))
-    types = [t for t in ("Ingress", "Egress") if t in policy_types] or ["Ingress"]
+    if policy_types:
+        types = [t for t in ("Ingress", "Egress") if t in policy_types]
+    else:
+        # The API server's defaulting, which Calico sees already applied: Ingress always, and
+        # Egress when the policy has egress rules; without it those rules would be dropped.
+        types = ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
 
     out_meta: dict[str, Any] = {"name": f"{K8S_POLICY_PREFIX}{name}", "namespace": namespace}
     for key in ("uid", "creationTimestamp", "resourceVersion"):

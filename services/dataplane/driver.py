@@ -324,8 +324,9 @@ class Driver:
             self.endpoints.configure_interfaces()
 
         await self._stage("interfaces", failures, sysctls)
-        if self.policy.flavor == IPTABLES:
-            await self._stage("ipsets", failures, owners.ipsets.apply_updates)
+        # In the nftables flavor nothing is wanted of ipset, but this is also the owner's
+        # read-back: without it the sweep never learns of an iptables-era node's cali sets.
+        await self._stage("ipsets", failures, owners.ipsets.apply_updates)
 
         async def devices() -> None:
             await self.vxlan.device.apply(allow)

@@ -149,10 +149,14 @@ def test_default_deny_and_allow_all() -> None:
     assert allow_all["spec"]["types"] == ["Ingress", "Egress"]
 
 
-def test_missing_policy_types_means_ingress_only() -> None:
+def test_missing_policy_types_default_as_the_api_server_does() -> None:
+    # Kubernetes defaults policyTypes before Calico sees a policy: Ingress always, Egress too
+    # when there are egress rules. We take the user's YAML directly, so we default it here.
     out = convert({"podSelector": {}, "egress": [{}]})
-    assert out["spec"]["types"] == ["Ingress"]
+    assert out["spec"]["types"] == ["Ingress", "Egress"]
     assert out["spec"]["egress"] == [allow()]
+    assert convert({"podSelector": {}, "ingress": [{}]})["spec"]["types"] == ["Ingress"]
+    assert convert({"podSelector": {}, "egress": []})["spec"]["types"] == ["Ingress"]
 
 
 @pytest.mark.parametrize(

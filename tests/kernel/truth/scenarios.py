@@ -181,12 +181,6 @@ ALL: dict[str, Any] = {}
 ALLOW: dict[str, Any] = {"action": "Allow"}
 NS_LABELS = {ns: {"ns": ns, "kubernetes.io/metadata.name": ns} for ns in NAMESPACES}
 
-EGRESS_TYPES_BUG = (
-    "libcalico/model/k8s.py k8s_network_policy_to_calico: a policy with egress rules and no "
-    "policyTypes converts to types [Ingress] (the API server defaults it to [Ingress, Egress]), "
-    "so its egress rules are dropped and egress is not isolated"
-)
-
 # -- the scenarios --------------------------------------------------------------------------
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -301,7 +295,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         "k8s-egress-without-policy-types", "x: egress rules only, policyTypes left out", step(
             knp("x", "egress-only", {"podSelector": ALL, "egress": [
                 {"to": [{"namespaceSelector": labels(ns="y")}]}]})),
-        xfail=EGRESS_TYPES_BUG,
     ),
     # Calico policy.
     scenario(

@@ -7,8 +7,8 @@ to; ``.`` allowed, ``X`` denied, ``-`` the pod itself, not probed, ``[ ]`` aroun
 differs). Between scenarios the world goes back to the base (no policy), so scenarios are
 independent whatever ran before.
 
-Known bugs found by these tables are strict xfails here, each with a minimal reproduction in
-``test_known_bugs.py``.
+Bugs these tables found have minimal regression tests in
+``test_regressions.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from libcalico.netns import run
 from .conftest import IPTABLES_BACKEND, PAIRS, Cluster, Matrix
 from .oracle import PROBES, Oracle, World
 from .scenarios import NODES, POD_KEYS, SCENARIOS, Scenario, apply_op, base_world
-from .test_known_bugs import IPSET_SWEEP_BUG
 
 pytestmark = pytest.mark.kernel
 
@@ -122,7 +121,6 @@ def test_other_flavor_swept(truth_cluster: Cluster) -> None:
             assert ":cali-FORWARD" in saved
 
 
-@pytest.mark.xfail(strict=True, reason=IPSET_SWEEP_BUG)
 def test_other_flavor_ip_sets_swept(truth_cluster: Cluster) -> None:
     """After the switch to nftables, the iptables flavor's ``cali4*`` IP sets are gone too."""
     if truth_cluster.flavor != "nftables":

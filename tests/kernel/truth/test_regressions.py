@@ -1,15 +1,14 @@
-"""Minimal reproductions of bugs the truth tables found, as strict xfails (no root needed).
+"""Regression tests for bugs the truth tables found, small enough to need no root.
 
-Each test states the correct behaviour; it fails today, and turns into an XPASS (a failure,
-because the marks are strict) as soon as the owner fixes the code, so the mark and the
-matching truth-table xfail get removed together.
+- A Kubernetes policy with egress rules and no ``policyTypes`` lost its egress rules in
+  conversion (the API server's defaulting was missing).
+- After a node switched from the iptables to the nftables flavor, the iptables flavor's IP sets
+  survived the sweep (the ipset owner's read-back only ran in the iptables flavor).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 from libcalico.model import k8s_network_policy_to_calico
 from services.dataplane import messages as m
@@ -18,17 +17,9 @@ from services.dataplane.flavors import build_driver
 from services.dataplane.status import ListSink
 from services.dataplane.testing import FakeNetlink, FakeRunner, FakeSysctls
 
-from .scenarios import EGRESS_TYPES_BUG, knp, labels
-
-IPSET_SWEEP_BUG = (
-    "services/dataplane/driver.py Driver.apply_once: in the nftables flavor the ipset owner's "
-    "apply_updates() (the only caller of its read-back, owners/ipsets.py _resync) is skipped, "
-    "so apply_deletes() never learns what the kernel holds and the iptables flavor's cali4* "
-    "IP sets survive the sweep after InSync"
-)
+from .scenarios import knp, labels
 
 
-@pytest.mark.xfail(strict=True, reason=EGRESS_TYPES_BUG)
 def test_k8s_egress_rules_without_policy_types_govern_egress() -> None:
     """Kubernetes defaults ``policyTypes`` to [Ingress, Egress] when egress rules are present
     (API server defaulting, before Calico sees the object); the converted policy must say so."""
@@ -39,7 +30,6 @@ def test_k8s_egress_rules_without_policy_types_govern_egress() -> None:
     assert spec.get("egress"), "the egress rules must survive the conversion"
 
 
-@pytest.mark.xfail(strict=True, reason=IPSET_SWEEP_BUG)
 async def test_nftables_flavor_sweeps_iptables_ip_sets(tmp_path: Path) -> None:
     """A node that ran the iptables flavor keeps its ``cali40*`` sets; a driver restarted in
     the nftables flavor must destroy them after InSync (flavors.py/policy.py promise it)."""
