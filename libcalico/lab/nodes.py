@@ -78,6 +78,7 @@ BIRD_MODES = frozenset({"bgp", "ipip", "ipip-crosssubnet"})
 IPAM_TYPES = ("calico-ipam", "host-local")
 AGENT_START_CHECK_S = 1.0
 PODSERVER_READY_S = 10.0
+NODE_METRICS_PORT = 9091  # the dataplane driver's, on the node's own loopback
 
 
 def pod_mtu(mode: str, underlay_mtu: int = UNDERLAY_MTU) -> int:
@@ -112,7 +113,8 @@ class AgentDef:
 AGENTS: tuple[AgentDef, ...] = (
     AgentDef("dataplane", "services.dataplane", "calico-dataplane", "CALICO_DATAPLANE_",
              {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "MTU_FILE": "mtu_file",
-              "ENDPOINT_STATUS_DIR": "endpoint_status_dir", "LISTEN": "listen"}),
+              "ENDPOINT_STATUS_DIR": "endpoint_status_dir", "LISTEN": "listen",
+              "METRICS_PORT": "metrics_port"}),
     AgentDef("bgp", "services.bgp", "calico-bgp", "CALICO_BGP_",
              {"NODE_NAME": "node", "CALC_GRAPH": "calc_graph", "BIRD_DIR": "bird_dir",
               "LISTEN": "listen"}, BIRD_MODES),
@@ -503,6 +505,8 @@ def _agent_env(lab: LabNodes, agent: AgentDef, node: str) -> dict[str, str]:
         "calc_graph": lab.layout.target("calc_graph"),
         "mtu_file": str(lab.mtu_path(node)),
         "endpoint_status_dir": str(lab.node_dir(node) / "endpoint-status"),
+        # Prometheus /metrics on 127.0.0.1 inside the node's namespace (each node has its own).
+        "metrics_port": str(NODE_METRICS_PORT),
         "bird_dir": str(lab.node_dir(node) / "bird"),
         "listen": lab.layout.target(f"{node}.{agent.name}"),
     }
