@@ -19,16 +19,13 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from libcalico import keys
+from libcalico.testing.service_process import ServiceProcess
 from services.ipam.allocator import Allocator, AutoAssignArgs, ResourceCache
 from services.ipam.config import IPAMServiceConfig
 from services.ipam.kvstore import EtcdKVStore, KVResourceStore, Put
@@ -51,15 +48,7 @@ async def running_ipam(cfg: IPAMServiceConfig) -> AsyncIterator[tuple[IPAMGraph,
             await graph.close()
 
 
-def service_command() -> list[str]:
-    candidate = Path(sys.executable).with_name("calico-ipam-service")
-    if candidate.exists():
-        return [str(candidate)]
-    found = shutil.which("calico-ipam-service")
-    return [found] if found else [sys.executable, "-m", "services.ipam.main"]
-
-
-class IPAMProcess:
+class IPAMProcess(ServiceProcess):
     """``calico-ipam-service`` as a child process serving on ``unix://<socket_path>``."""
 
     def __init__(
@@ -70,82 +59,14 @@ class IPAMProcess:
         etcd_endpoints: str = "",
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.socket_path = Path(socket_path)
-        self.target = f"unix://{self.socket_path}"
-        self.log_path = self.socket_path.with_suffix(".log")
-        self.env = {
-            **os.environ,
-            "CALICO_IPAM_LISTEN": self.target,
+        target = f"unix://{Path(socket_path)}"
+        super().__init__("calico-ipam-service", "services.ipam.main", socket_path, {
+            "CALICO_IPAM_LISTEN": target,
             "CALICO_IPAM_LOG_LEVEL": "WARNING",
-            "CALICO_TRACE_FILE": "off",
             **({"CALICO_IPAM_DATASTORE": datastore} if datastore else {}),
             **({"CALICO_IPAM_ETCD_ENDPOINTS": etcd_endpoints} if etcd_endpoints else {}),
             **(env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _spawn(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                service_command(),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-
-    async def start(self, timeout: float = 20.0) -> None:
-        self._spawn()
-        try:
-            await self._wait_serving(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def _wait_serving(self, timeout: float) -> None:
-        import grpc.aio
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"calico-ipam-service exited: {self.log_tail()}")
-            if self.socket_path.exists():
-                async with grpc.aio.insecure_channel(self.target) as channel:
-                    stub = health_pb2_grpc.HealthStub(channel)
-                    try:
-                        resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                        if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                            return
-                    except grpc.aio.AioRpcError:
-                        pass
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"calico-ipam-service not serving after {timeout}s: {self.log_tail()}")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    async def __aenter__(self) -> IPAMProcess:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.stop()
+        })
 
 
 def wep(node: str, handle: str, ip: str) -> dict[str, object]:
