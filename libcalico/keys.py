@@ -209,6 +209,34 @@ def felix_status_key(host: str, region: str = NO_REGION) -> str:
     return f"{FELIX_PREFIX}{_segment('region', region)}/host/{_segment('host', host)}/status"
 
 
+def _escape_id(value: str) -> str:
+    """Calico's escaping of an ID inside one key segment: ``/`` becomes ``%2f``."""
+    if not value:
+        raise ValidationError("an empty ID cannot be used in an etcd key", field="id")
+    return value.replace("%", "%25").replace("/", "%2f")
+
+
+def felix_host_prefix(host: str, region: str = NO_REGION) -> str:
+    """``/calico/felix/v2/no-region/host/<node>/``: everything Felix reports for a node."""
+    return f"{FELIX_PREFIX}{_segment('region', region)}/host/{_segment('host', host)}/"
+
+
+def workload_endpoint_status_key(
+    host: str, orchestrator: str, workload: str, endpoint: str, region: str = NO_REGION
+) -> str:
+    """``.../host/<node>/workload/<orchestrator>/<workload>/endpoint/<endpoint>`` as Felix
+    writes a workload endpoint's status (``{"status": "up"}``), IDs escaped."""
+    return (
+        f"{felix_host_prefix(host, region)}workload/{_escape_id(orchestrator)}/"
+        f"{_escape_id(workload)}/endpoint/{_escape_id(endpoint)}"
+    )
+
+
+def host_endpoint_status_key(host: str, endpoint: str, region: str = NO_REGION) -> str:
+    """``.../host/<node>/endpoint/<endpoint>``: a host endpoint's status."""
+    return f"{felix_host_prefix(host, region)}endpoint/{_escape_id(endpoint)}"
+
+
 def parse_felix_status_key(key: str) -> FelixStatusKey | None:
     if not key.startswith(FELIX_PREFIX):
         return None

@@ -30,6 +30,7 @@ from .config import ENV_PREFIX, CalcGraphConfig
 from .driver import GraphDriver
 from .graph import CalcGraph, build_graph
 from .servicer import CalcGraphServicer, add_to_server
+from .status import StatusWriter
 
 log = get_logger(__name__)
 
@@ -43,6 +44,7 @@ class CalcGraphService:
     client: DatastoreClient
     syncer: Syncer
     servicer: CalcGraphServicer
+    status_writer: StatusWriter
 
     async def close(self) -> None:
         self.driver.close()
@@ -54,7 +56,8 @@ def build(cfg: CalcGraphConfig) -> CalcGraphService:
     driver = GraphDriver(graph, cfg)
     client = DatastoreClient(cfg.datastore)
     syncer = Syncer(client, driver, kinds=graph.dispatcher.kinds(), kv_prefixes=(IPAM_PREFIX,))
-    return CalcGraphService(graph, driver, client, syncer, CalcGraphServicer(driver))
+    return CalcGraphService(graph, driver, client, syncer, CalcGraphServicer(driver),
+                            StatusWriter(driver.status, client))
 
 
 def server_spec(svc: CalcGraphService, cfg: CalcGraphConfig) -> ServerSpec:
@@ -63,7 +66,8 @@ def server_spec(svc: CalcGraphService, cfg: CalcGraphConfig) -> ServerSpec:
         listen=cfg.listen,
         register=lambda server: add_to_server(svc.servicer, server),
         service_names=[SERVICE_NAME],
-        tasks={"syncer": svc.syncer.run, "flush": svc.driver.run},
+        tasks={"syncer": svc.syncer.run, "flush": svc.driver.run,
+               "status-writer": svc.status_writer.run},
         metrics_port=cfg.metrics_port,
     )
 
