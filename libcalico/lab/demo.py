@@ -192,8 +192,11 @@ class Demo:
         t0 = time.monotonic()
         self.say(f"[1/6] bringing up a 3-node lab (mode {self.mode}) ...")
         self.lab("up", "--nodes", "3", "--mode", self.mode)
+        from libcalico.lab.nodes import BIRD_MODES
+
+        agents = "a dataplane and a BGP driver" if self.mode in BIRD_MODES else "a dataplane driver"
         self.say(f"      up in {time.monotonic() - t0:.1f}s: etcd, datastore, ipam, policy, "
-                 "calc_graph; node-1..3 each with a dataplane driver")
+                 f"calc_graph; node-1..3 each with {agents}")
 
     def reset(self) -> None:
         from libcalico.lab import pods
@@ -249,8 +252,8 @@ class Demo:
             elapsed = time.monotonic() - t0
             if got == want or elapsed > ENFORCE_TIMEOUT_S:
                 break
-            self.say(f"      waiting for the dataplane ({rounds} probe rounds, "
-                     f"{elapsed:.1f}s) ...")
+            self.say(f"      not there yet after {rounds} probe round"
+                     f"{'s' if rounds > 1 else ''} ({elapsed:.1f}s): probing again ...")
         self.say(f"\n{title} (TCP {PORT}; rows: from, columns: to; "
                  f"{len(want)} probes in parallel):\n")
         self.say(format_matrix(got))
