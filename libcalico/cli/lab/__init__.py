@@ -10,7 +10,11 @@ State dir (``--state-dir``, default ``$CALICO_STATE_DIR`` or ``/run/calico-lab``
       pids/<name>.pid     "<pid> <start-time>" of each process the lab started
       sock/<name>.sock    each service's gRPC unix socket: datastore.sock, ipam.sock,
                           calc_graph.sock, policy.sock
-      traces.jsonl        spans from every service (CALICO_TRACE_FILE)
+      traces.jsonl        spans from every service (CALICO_TRACE_FILE); calicoctl adds its
+                          own only when CALICO_TRACE_FILE is set (opt-in: `up` prints the
+                          export line, the demo sets it for the commands it runs); then one
+                          `calicoctl apply` is one trace down to each node's kernel writes,
+                          printed by `calico-lab trace --last`
 
 Modules: ``main`` (arguments, locking, what is printed), ``control_plane`` (which services,
 in which order, with which environment, and health), ``processes`` (pid files, logs, signals),
