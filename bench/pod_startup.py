@@ -146,6 +146,13 @@ def run_bench(pods: int, nodes: int, policy_timeout: float = 0.0) -> dict[str, A
             "cni_add_ms": summary(add_ms),
             "pod_add_ms": summary(pod_add_ms),
             "reachable_ms": summary(reach_ms),
+            # Growth with the pod count, as opposed to noise: the first and last tenth's medians.
+            "cni_add_ms_first_last_tenth": [
+                round(statistics.median(add_ms[:max(1, pods // 10)]), 1),
+                round(statistics.median(add_ms[-max(1, pods // 10):]), 1)],
+            "reachable_ms_first_last_tenth": [
+                round(statistics.median(reach_ms[:max(1, pods // 10)]), 1),
+                round(statistics.median(reach_ms[-max(1, pods // 10):]), 1)] if reach_ms else [],
             "unreachable": unreachable,
             "targets": {"cni_add_median_ms": TARGET_ADD_MS,
                         "reachable_median_ms": TARGET_REACHABLE_MS},
@@ -176,6 +183,9 @@ def table(r: dict[str, Any]) -> str:
         s = r[key]
         lines.append(f"{label:<34} {s['median']:>9.1f} {s['p99']:>9.1f} {s['min']:>9.1f} "
                      f"{s['max']:>9.1f}  {target}")
+    lines.append(f"first/last tenth medians: ADD {r['cni_add_ms_first_last_tenth']} ms, "
+                 f"reachable {r['reachable_ms_first_last_tenth']} ms")
+    lines.append(f"load average when done: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if r["unreachable"]:
         lines.append(f"not reachable within {REACHABLE_BOUND_S:g}s: {', '.join(r['unreachable'])}")
     met = r["met"]
