@@ -390,7 +390,8 @@ def run_scenario(lab: TruthLab, scenario: Scenario) -> list[str]:
             actual, seconds = lab.enforce(expected)
             print(f"{scenario.name} step {i}/{len(scenario.steps)}"
                   f"{' (' + step.note + ')' if step.note else ''}: "
-                  f"{sum(expected.values())}/{len(expected)} allowed, matched in {seconds:.2f}s")
+                  f"{sum(expected.values())}/{len(expected)} allowed, "
+                  f"{'matched' if actual == expected else 'still differs'} after {seconds:.2f}s")
             if actual != expected:
                 failures.append(f"{scenario.name} step {i} ({step.note or scenario.doc}):\n"
                                 f"{format_mismatch(expected, actual)}")
