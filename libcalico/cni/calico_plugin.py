@@ -33,7 +33,7 @@ GC (1.1.0): endpoints of this node and network whose attachment is not in
 Start-up: one process per pod and command, so this module and its helpers import only the
 standard library at start; ``grpc`` and the datastore messages are imported (~90 ms) after the
 IPAM plugin has been started, so the two overlap. Nothing of OpenTelemetry is imported:
-``cnilog.make_spans`` is the seam for CNI tracing.
+``cnilog.make_spans`` times the phases and, with ``TRACEPARENT`` set, traces them.
 """
 
 from __future__ import annotations

@@ -10,14 +10,12 @@ milliseconds). ``warning()`` also goes to stderr, which runtimes keep, so notes 
 that cannot be honoured reach whoever reads either. A log file that cannot be opened is
 reported once on stderr and logging goes on to stderr only.
 
-``Spans``: the seam for CNI tracing. ``span(name)`` is a context manager around each phase
-(``ipam``, ``datastore``, ``network``...). By default it only records wall times, and only
-when ``CALICO_CNI_TIMINGS=<file>`` is set (one JSON line per call: command, phases in ms,
-``main_at`` -- the wall-clock time ``main`` began, so a caller that noted when it exec'd the
-plugin knows the interpreter's start-up and imports exactly -- and ``startup_ms`` from /proc
-in clock ticks) -- the bench reads those. A later tracing implementation replaces
-``make_spans`` with one that starts OpenTelemetry spans when ``TRACEPARENT`` (or a tracing
-setting) is present; nothing else in the plugin needs to change.
+``Spans``: ``span(name)`` is a context manager around each phase (``ipam``, ``datastore``,
+``network``...). With ``CALICO_CNI_TIMINGS=<file>`` it records wall times (one JSON line per
+call: command, phases in ms, ``main_at`` -- the wall-clock time ``main`` began, so a caller that
+noted when it exec'd the plugin knows the interpreter's start-up and imports exactly -- and
+``startup_ms`` from /proc in clock ticks); the bench reads those. With ``TRACEPARENT`` in the
+environment the call joins the caller's trace as OpenTelemetry spans (``TraceSpans``).
 """
 
 from __future__ import annotations
@@ -146,10 +144,68 @@ class TimingSpans:
             pass
 
 
+class TraceSpans:
+    """OpenTelemetry spans for one CNI call, joined to the caller's trace (``TRACEPARENT``).
+
+    ``cni <COMMAND>`` is a child of the caller's span and each phase (``ipam_wait``, ``network``
+    for the interface set-up, ``datastore_write`` for the endpoint, ``policy_wait`` for the
+    dataplane...) a child of that. Spans go where every lab process writes them
+    (``CALICO_TRACE_FILE``, else the lab's ``traces.jsonl``) or to OTLP when configured. The
+    SDK is imported only here, so a plugin run without ``TRACEPARENT`` never pays for it.
+    """
+
+    def __init__(self, env: Mapping[str, str], timings: TimingSpans | None) -> None:
+        from pathlib import Path
+
+        from opentelemetry import trace
+
+        from libcalico.runtime import telemetry
+
+        self._trace = trace
+        self._telemetry = telemetry
+        self._timings = timings
+        trace_file = env.get("CALICO_TRACE_FILE", "").strip()
+        telemetry.setup_tracing(
+            "cni", jsonl_path=Path(trace_file) if trace_file else None,
+            state_dir=Path(env["CALICO_STATE_DIR"]) if env.get("CALICO_STATE_DIR") else None,
+        )
+        self._tracer = telemetry.get_tracer()
+        parent = telemetry.context_from_traceparent(env["TRACEPARENT"], env.get("TRACESTATE", ""))
+        command = env.get("CNI_COMMAND", "")
+        self._root = self._tracer.start_span(
+            f"cni {command}", context=parent,
+            attributes={"calico.service": "cni", "cni.command": command,
+                        "cni.container_id": env.get("CNI_CONTAINERID", ""),
+                        "cni.args": env.get("CNI_ARGS", "")},
+        )
+        self._root_ctx = trace.set_span_in_context(self._root)
+
+    @contextlib.contextmanager
+    def span(self, name: str) -> Iterator[None]:
+        with self._tracer.start_as_current_span(
+            f"cni.{name}", context=self._root_ctx, attributes={"calico.service": "cni"}
+        ):
+            if self._timings is None:
+                yield
+            else:
+                with self._timings.span(name):
+                    yield
+
+    def finish(self, command: str, ok: bool) -> None:
+        if not ok:
+            self._root.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+        self._root.end()
+        # The plugin leaves with os._exit: export now, not at interpreter teardown.
+        self._telemetry.shutdown_tracing()
+        if self._timings is not None:
+            self._timings.finish(command, ok)
+
+
 def make_spans(env: Mapping[str, str]) -> Spans:
-    """The seam: timings when ``CALICO_CNI_TIMINGS`` is set, otherwise nothing at all.
-    (CNI tracing -- ``TRACEPARENT`` -> OpenTelemetry spans -- plugs in here.)"""
+    """Timings when ``CALICO_CNI_TIMINGS`` is set, trace spans when ``TRACEPARENT`` is,
+    otherwise nothing at all."""
     path = env.get(TIMINGS_ENV)
-    if path:
-        return TimingSpans(path)
-    return NoSpans()
+    timings = TimingSpans(path) if path else None
+    if env.get("TRACEPARENT"):
+        return TraceSpans(env, timings)
+    return timings if timings is not None else NoSpans()
