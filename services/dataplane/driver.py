@@ -197,6 +197,8 @@ class Driver:
         self.stats.resyncs["stream"] = self.stats.resyncs.get("stream", 0) + 1
         self.in_sync = False
         self._sweep_pending = False
+        # Tell the (possibly new) calc_graph again once this generation's snapshot is applied.
+        self._in_sync_reported = False
         self.policy.new_generation()
         self.state.reset()
         self.endpoints.reset()

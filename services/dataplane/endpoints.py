@@ -104,6 +104,7 @@ class EndpointManager:
         self._configured: dict[str, int] = {}  # ifname → index we configured
         self._to_configure: set[str] = set()
         self._status: dict[WepKey, str] = {}
+        self._unconfirmed: set[WepKey] = set()
         self.removed: list[WepKey] = []
 
     # -- stream ----------------------------------------------------------------------------
@@ -146,10 +147,17 @@ class EndpointManager:
         self._on_ips_removed([n.split("/", 1)[0] for n in nets])
 
     def reset(self) -> None:
-        """A new stream generation: forget endpoints (their routes stay until the sweep)."""
+        """A new stream generation: forget endpoints (their routes stay until the sweep).
+
+        The far end of the stream may be a new calc_graph that knows no status: every endpoint
+        of the new snapshot is reported again, and one we had reported that is not in it is
+        reported removed (it went while the stream was down).
+        """
         self.endpoints.clear()
         self._by_iface.clear()
         self._to_configure.clear()
+        self._unconfirmed.update(self._status)
+        self._status.clear()
 
     def iface_event(self, name: str, index: int, deleted: bool) -> bool:
         """A link changed; returns whether it is one of ours (so the driver should apply)."""
@@ -217,6 +225,8 @@ class EndpointManager:
                 self._status[key] = status
                 updates.append((key, status, ep))
         removed = [k for k in self.removed if k not in self.endpoints]
+        removed += [k for k in self._unconfirmed if k not in self.endpoints and k not in removed]
+        self._unconfirmed.clear()
         for k in removed:
             self._status.pop(k, None)
         self.removed = []

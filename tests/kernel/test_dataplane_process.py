@@ -150,11 +150,11 @@ def ping(netns: str, ip: str) -> bool:
     return run(["ping", "-c", "1", "-W", "1", ip], netns=netns, check=False).returncode == 0
 
 
-async def test_driver_processes_with_calc_graph(
-    topology: Topology, calc_graph: tuple[CalcGraphService, str],
-    datastore_client: DatastoreClient, tmp_path: Path,
-) -> None:
-    svc, target = calc_graph
+async def make_cluster(
+    topology: Topology, c: DatastoreClient
+) -> tuple[str, str, str, str]:
+    """Two node namespaces with pods a and c on node-1 and b on node-2, and the resources
+    calc_graph needs to program them (VXLAN pool, nodes, blocks, profile, endpoints)."""
     topology.add_segment("ul", "10.90.0.0/24")
     for name, (ip, _, _) in NODES.items():
         topology.add_host(name, address=f"{ip}/24")
@@ -162,7 +162,6 @@ async def test_driver_processes_with_calc_graph(
     pc, ifc = pod(topology, "node-1", "pod-c", "10.244.1.3")
     _pb, ifb = pod(topology, "node-2", "pod-b", "10.244.2.2")
 
-    c = datastore_client
     await c.apply(res("IPPool", "pool-1", {
         "cidr": "10.244.0.0/16", "vxlanMode": "Always", "ipipMode": "Never",
         "natOutgoing": True, "blockSize": 26, "nodeSelector": "all()"}))
@@ -180,12 +179,35 @@ async def test_driver_processes_with_calc_graph(
                                      ("node-2", "pod-b", "10.244.2.2", ifb)):
         await c.apply(wep(node, podname, ip, iface))
 
+    return pa, pc, ifa, ifc
+
+
+def start_drivers(topology: Topology, target: str, tmp_path: Path) -> dict[str, DriverProcess]:
     drivers = {n: DriverProcess(topology.hosts[n].netns, n, target, tmp_path / f"{n}.log",
                                 tmp_path / f"{n}.mtu") for n in NODES}
+    for d in drivers.values():
+        d.start()
+    return drivers
+
+
+def stop_drivers(drivers: dict[str, DriverProcess], tmp_path: Path) -> dict[str, int | None]:
+    codes = {n: d.stop() for n, d in drivers.items()}
+    for n in drivers:
+        log = (tmp_path / f"{n}.log").read_text(errors="replace")
+        print(f"--- {n} driver log (last 40 lines) ---\n" + "\n".join(log.splitlines()[-40:]))
+    return codes
+
+
+async def test_driver_processes_with_calc_graph(
+    topology: Topology, calc_graph: tuple[CalcGraphService, str],
+    datastore_client: DatastoreClient, tmp_path: Path,
+) -> None:
+    svc, target = calc_graph
+    c = datastore_client
+    pa, pc, ifa, ifc = await make_cluster(topology, c)
+    drivers = start_drivers(topology, target, tmp_path)
     n1 = topology.hosts["node-1"].netns
     try:
-        for d in drivers.values():
-            d.start()
         await eventually(lambda: ping(pa, "10.244.2.2") and ping(pc, "10.244.2.2"),
                          what="pods ping across nodes", timeout=30)
         status = svc.driver.status
@@ -235,10 +257,45 @@ async def test_driver_processes_with_calc_graph(
         assert ping(pa, "10.244.2.2")
         assert not ping(pc, "10.244.2.2")  # its veth is unknown again: fail-closed
     finally:
-        codes = {n: d.stop() for n, d in drivers.items()}
-        for n in NODES:
-            log = (tmp_path / f"{n}.log").read_text(errors="replace")
-            print(f"--- {n} driver log (last 40 lines) ---\n" + "\n".join(log.splitlines()[-40:]))
+        codes = stop_drivers(drivers, tmp_path)
+    assert codes == {"node-1": 0, "node-2": 0}
+
+
+async def test_calc_graph_restart_loses_no_ping(
+    topology: Topology, datastore_target: str, datastore_client: DatastoreClient,
+    tmp_path: Path,
+) -> None:
+    """calc_graph stops mid-ping and a new one starts on the same socket: the drivers keep the
+    kernel as it is while the stream is down, resync from the new snapshot, and no ping of a
+    continuous run is lost."""
+    pa, _pc, _ifa, _ifc = await make_cluster(topology, datastore_client)
+    sock_dir = short_socket_dir("calico-dp-")
+    cfg = CalcGraphConfig(listen=(f"unix://{sock_dir / 'calc_graph.sock'}",),
+                          datastore=datastore_target, resync_flush_interval=0.05)
+    drivers: dict[str, DriverProcess] = {}
+    try:
+        async with running_calc_graph(cfg) as (_first, target):
+            drivers = start_drivers(topology, target, tmp_path)
+            await eventually(lambda: ping(pa, "10.244.2.2"), what="pods ping", timeout=30)
+            pinger = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", pa, "ping", "-i", "0.05", "-c", "120", "-W", "1",
+                "10.244.2.2", stdout=asyncio.subprocess.PIPE)
+            await asyncio.sleep(0.5)
+        # calc_graph is gone now; the outage lasts a deliberate second before the restart.
+        await asyncio.sleep(1.0)
+        async with running_calc_graph(cfg) as (second, _target):
+            def resynced() -> None:
+                for node in NODES:
+                    assert second.driver.status.nodes[node].dataplane_in_sync
+
+            await eventually(resynced, what="both drivers in sync with the new calc_graph")
+            raw, _ = await asyncio.wait_for(pinger.communicate(), 60)
+            out = raw.decode()
+            assert " 0% packet loss" in out, out
+            assert ping(pa, "10.244.2.2")
+    finally:
+        codes = stop_drivers(drivers, tmp_path)
+        shutil.rmtree(sock_dir, ignore_errors=True)
     assert codes == {"node-1": 0, "node-2": 0}
 
 

@@ -338,3 +338,26 @@ async def test_metrics_follow_applies(tmp_path: Path) -> None:
     assert REGISTRY.get_sample_value("calico_dataplane_local_endpoints") == 1
     assert (REGISTRY.get_sample_value("calico_dataplane_exec_total",
                                       {"tool": "iptables-nft-restore"}) or 0) >= 3
+
+
+async def test_a_new_generation_reports_status_again(tmp_path: Path) -> None:
+    """After the stream restarts (perhaps to a new calc_graph that knows nothing), the driver
+    re-reports in-sync and every endpoint's status once the new snapshot is applied, and
+    reports as removed an endpoint that went while the stream was down."""
+    d, _runner, nl, sink = make(tmp_path)
+    nl.add_link(IFACE)
+    nl.add_link("cali2222222222b")
+    d.on_batch([*snapshot(),
+                ex.wep("cali2222222222b", "default/pod-b", ipv4=["10.244.1.3/32"],
+                       profiles=[KNS]), m.in_sync()])
+    await apply(d)
+    assert sink.endpoint_statuses() == {"default/pod-a": "up", "default/pod-b": "up"}
+
+    sink.sent.clear()  # what a freshly started calc_graph has heard
+    d.new_generation()
+    d.on_batch([*snapshot(), m.in_sync()])  # pod-b was deleted meanwhile
+    assert await apply(d)
+    assert sink.in_sync_reported
+    kinds = [msg.WhichOneof("payload") for msg in sink.sent]
+    assert "workload_endpoint_status_remove" in kinds
+    assert sink.endpoint_statuses() == {"default/pod-a": "up"}
