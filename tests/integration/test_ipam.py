@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,12 +64,16 @@ def node(name: str, **spec: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def ipam(datastore_target: str) -> AsyncIterator[tuple[IPAMGraph, str]]:
-    sock = short_socket_dir("calico-ipam-") / "ipam.sock"
+    sock_dir = short_socket_dir("calico-ipam-")
     cfg = IPAMServiceConfig(
-        listen=(f"unix://{sock}",), datastore=datastore_target, resource_cache_seconds=0.0
+        listen=(f"unix://{sock_dir / 'ipam.sock'}",), datastore=datastore_target,
+        resource_cache_seconds=0.0,
     )
-    async with running_ipam(cfg) as (graph, target):
-        yield graph, target
+    try:
+        async with running_ipam(cfg) as (graph, target):
+            yield graph, target
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 @pytest.fixture
