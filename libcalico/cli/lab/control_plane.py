@@ -25,13 +25,15 @@ Readiness is bounded: a process that exits, or is not SERVING within ``READY_TIM
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import importlib.util
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +121,18 @@ class Layout:
 
     def target(self, name: str) -> str:
         return f"unix://{self.socket(name)}"
+
+    @contextmanager
+    def locked(self, *, exclusive: bool = True) -> Iterator[None]:
+        """Hold ``lab.lock``: exclusive for what changes the lab (up, down), shared for
+        what only adds to it (pods, namespaces), so those can run side by side."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.lock_file.open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def available_services() -> list[ServiceDef]:

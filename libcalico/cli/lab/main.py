@@ -16,11 +16,9 @@ SERVING. ``down`` exits 1 if a process survived SIGKILL.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from libcalico.cli.lab import control_plane, node_commands, nodes
@@ -74,17 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def _locked(layout: Layout) -> Iterator[None]:
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with layout.lock_file.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -95,7 +82,7 @@ def cmd_up(
     if node_count < 0:
         print("calico-lab: --nodes must be 0 or more", file=sys.stderr)
         return 1
-    with _locked(layout):
+    with layout.locked():
         try:
             state = control_plane.up(layout, _say)
             nodes.create_nodes(layout, node_count, _say, options)
@@ -147,7 +134,7 @@ def cmd_down(layout: Layout, purge: bool) -> int:
     if not layout.root.exists():
         print(f"Nothing to stop (no state dir {layout.root}).")
         return 0
-    with _locked(layout):
+    with layout.locked():
         nodes_ok = nodes.delete_nodes(layout, _say)
         ok = control_plane.down(layout, _say, purge=purge) and nodes_ok
     if not ok:

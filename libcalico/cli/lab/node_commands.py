@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from libcalico.cli.lab.control_plane import LabError, Layout
@@ -113,17 +110,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     nsub.add_parser("list", parents=[common], help="list namespaces and their labels")
 
 
-@contextmanager
-def _shared_lock(layout: Layout) -> Iterator[None]:
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with layout.lock_file.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _err(msg: str) -> int:
     print(f"calico-lab: {msg}", file=sys.stderr)
     return 1
@@ -138,7 +124,7 @@ def run(args: argparse.Namespace, layout: Layout) -> int:
             return _probe(LabNodes(layout), args)
         if args.command == "exec":
             return _exec(layout, args)
-        with _shared_lock(layout):
+        with layout.locked(exclusive=False):
             lab = LabNodes(layout)
             if args.command == "pod":
                 return _pod(lab, args)
