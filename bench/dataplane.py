@@ -19,6 +19,11 @@
    goes into the running driver (link watcher on); the time from the batch's arrival to the
    end of the apply that programmed it is recorded: median and p99.
 
+The driver writes as in production, through ``SessionRunner``: nft-backend restores go to
+long-lived ``iptables-restore`` processes and nft scripts to one libnftables context (see
+``services/dataplane/sessions.py`` for why). The floors exec each tool once per write, as a
+driver without those writers would.
+
 Everything runs in network namespaces that are always deleted.
 """
 
@@ -43,6 +48,7 @@ from services.dataplane.commands import ExecRunner
 from services.dataplane.driver import Driver, DriverSettings
 from services.dataplane.flavors import build_driver
 from services.dataplane.netns_loop import NetnsLoop
+from services.dataplane.sessions import SessionRunner
 from services.dataplane.status import ListSink
 from services.dataplane.stream import QueueSource
 from services.policy import examples as ex
@@ -207,18 +213,21 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     tag = f"cpdpb{os.getpid() % 100000}"
     with namespace(f"{tag}-drv", args.endpoints) as ns:
         with NetnsLoop(ns) as loop:
-            async def make() -> Driver:
+            async def make() -> tuple[Driver, SessionRunner]:
+                # Built on the namespace's thread: the writers' sockets belong to it.
+                runner = SessionRunner(ExecRunner())
                 return build_driver(
                     DriverSettings(node="bench-node", flavor=args.flavor), sink=ListSink(),
-                    runner=ExecRunner(), iptables_backend=args.backend, mtu_file=None,
-                    ipv6=args.ipv6)
+                    runner=runner, iptables_backend=args.backend, mtu_file=None,
+                    ipv6=args.ipv6), runner
 
-            d = loop.run(make())
+            d, runner = loop.run(make())
             cold = loop.run(cold_start(d, msgs), timeout=600)
             stages = dict(d.stats.stage_seconds)
             state = save_state(ns, args.flavor, args.backend, args.ipv6)
             latencies = loop.run(new_endpoints(d, ns, args), timeout=600)
             endpoint_floor = d.stats.stage_seconds.get("endpoint-floor", 0.0)
+            loop.run(runner.close())
     rules = sum(ln.startswith("-A ") for k in ("v4", "v6") for ln in state.get(k, "").splitlines())
     rules += state.get("nft", "").count(' comment "cali:')
     with namespace(f"{tag}-raw", args.endpoints) as ns:

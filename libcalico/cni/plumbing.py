@@ -83,17 +83,18 @@ def in_netns(path: str) -> Iterator[None]:
         os.close(own)
         raise PlumbingError(f"cannot open network namespace {path}: {exc.strerror}") from exc
     try:
-        _setns(target, path)
+        setns(target, path)
         try:
             yield
         finally:
-            _setns(own, "the plugin's own namespace")
+            setns(own, "the plugin's own namespace")
     finally:
         os.close(target)
         os.close(own)
 
 
-def _setns(fd: int, what: str) -> None:
+def setns(fd: int, what: str) -> None:
+    """Move the calling thread into the network namespace open at ``fd``."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise PlumbingError(f"setns into {what}: {os.strerror(err)}")

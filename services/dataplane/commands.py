@@ -86,7 +86,7 @@ class ExecRunner:
                 stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=_TOOL_ENV,
+                env=TOOL_ENV,
             )
         except FileNotFoundError as exc:
             return Result(127, "", f"{argv[0]}: not found ({exc})")
@@ -109,7 +109,7 @@ class ExecRunner:
 
 
 # Tools parse numbers and messages; a stable locale keeps their output parseable.
-_TOOL_ENV = {**os.environ, "LC_ALL": "C"}
+TOOL_ENV = {**os.environ, "LC_ALL": "C"}
 
 
 async def check(runner: Runner, argv: Sequence[str], input: str | None = None,

@@ -36,8 +36,9 @@ Rules the loop keeps:
 
 Tracing: each apply is one span ``dataplane.apply``, a child of the newest batch's
 ``traceparent`` it programs (linking the other batches' ones), so a ``calicoctl apply`` trace
-ends in every node's kernel writes: the runner's ``exec <tool>`` spans and ``netlink routes``
-when routes were written.
+ends in every node's kernel writes: the runner's ``exec <tool>`` / ``write <tool>`` spans (a
+one-off process, or the long-lived writers of ``sessions``) and ``netlink routes`` when routes
+were written.
 """
 
 from __future__ import annotations

@@ -33,14 +33,16 @@ from .driver import ApplyReport, DriverSettings
 from .flavors import build_driver
 from .metrics import observe_driver
 from .owners.iptables import detect_backend
+from .sessions import SessionRunner
 from .stream import CalcGraphSource, ReportSink
 
 log = get_logger(__name__)
 
 
 async def run_driver(cfg: DataplaneConfig) -> None:
-    runner = ExecRunner(node=cfg.node_name)
-    backend = await detect_backend(runner, cfg.iptables_backend)
+    exec_runner = ExecRunner(node=cfg.node_name)
+    backend = await detect_backend(exec_runner, cfg.iptables_backend)
+    runner = SessionRunner(exec_runner)
     source = CalcGraphSource(cfg.calc_graph, cfg.node_name, driver=f"calico-py-{cfg.flavor}",
                              retry_min=cfg.retry_min, retry_max=min(cfg.retry_max, 5.0))
     sink = ReportSink(cfg.calc_graph, cfg.node_name)
@@ -56,7 +58,7 @@ async def run_driver(cfg: DataplaneConfig) -> None:
         sink=sink, runner=runner, iptables_backend=backend, mtu_file=cfg.mtu_file,
         ipv6=cfg.ipv6_support, report_interval=cfg.report_interval,
     )
-    observe_driver(driver, runner)
+    observe_driver(driver, exec_runner)
     health = None
     if cfg.listen:
         # gRPC health only (calico-lab status, supervisors): NOT_SERVING until the first
@@ -96,6 +98,7 @@ async def run_driver(cfg: DataplaneConfig) -> None:
             await driver.reporter.flush()
         await sink.close()
         await source.close()
+        await runner.close()
         if health is not None:
             await health.stop()
 

@@ -7,19 +7,37 @@ from collections.abc import Iterator
 import pytest
 
 from libcalico.netns import run
-from services.dataplane.commands import ExecRunner
+from services.dataplane.commands import ExecRunner, Runner
 from services.dataplane.netns_loop import NetnsLoop
 from services.dataplane.owners.iptables import IptablesTable, detect_backend, parse_save
+from services.dataplane.sessions import SessionRunner
 
 pytestmark = pytest.mark.kernel
 
 BACKENDS = ["legacy", "nft"]
+# Every owner test runs with the driver's production writers too: on the nft backend those
+# are long-lived restore processes (the legacy backend always execs).
+WRITERS = ["exec", "session"]
 
 
 @pytest.fixture
 def loop(netns: str) -> Iterator[NetnsLoop]:
     with NetnsLoop(netns) as nl:
         yield nl
+
+
+@pytest.fixture(params=WRITERS)
+def runner(request: pytest.FixtureRequest, loop: NetnsLoop) -> Iterator[Runner]:
+    if request.param == "exec":
+        yield ExecRunner()
+        return
+
+    async def make() -> SessionRunner:  # on the namespace's thread, as the driver does
+        return SessionRunner(ExecRunner())
+
+    sessions = loop.run(make())
+    yield sessions
+    loop.run(sessions.close())
 
 
 def _save(netns: str, backend: str, table: str = "filter") -> str:
@@ -43,12 +61,12 @@ def _program(owner: IptablesTable) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_writes_only_changed_chains_and_hooks_once(
-    netns: str, loop: NetnsLoop, backend: str
+    netns: str, loop: NetnsLoop, backend: str, runner: Runner
 ) -> None:
     # Someone else's rules, which must survive everything below.
     _ipt(netns, backend, "-N other-chain")
     _ipt(netns, backend, "-A FORWARD -s 192.0.2.1/32 -j ACCEPT")
-    owner = IptablesTable("filter", ExecRunner(), backend=backend)
+    owner = IptablesTable("filter", runner, backend=backend)
     _program(owner)
     assert loop.run(owner.apply())
     first = owner.stats.last_restore
@@ -78,9 +96,9 @@ def test_writes_only_changed_chains_and_hooks_once(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_refresh_repairs_deleted_chain_and_hook(
-    netns: str, loop: NetnsLoop, backend: str
+    netns: str, loop: NetnsLoop, backend: str, runner: Runner
 ) -> None:
-    owner = IptablesTable("filter", ExecRunner(), backend=backend)
+    owner = IptablesTable("filter", runner, backend=backend)
     _program(owner)
     loop.run(owner.apply())
     before = _chains(netns, backend)
@@ -103,7 +121,7 @@ def test_refresh_repairs_deleted_chain_and_hook(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nothing_deleted_before_in_sync_then_swept(
-    netns: str, loop: NetnsLoop, backend: str
+    netns: str, loop: NetnsLoop, backend: str, runner: Runner
 ) -> None:
     # Left over from a previous run: a chain, and a hook in INPUT pointing at it.
     _ipt(netns, backend, "-N cali-stale")
@@ -111,7 +129,7 @@ def test_nothing_deleted_before_in_sync_then_swept(
     _ipt(netns, backend, "-I INPUT -m comment --comment cali:AAAAAAAAAAAAAAAA -j cali-stale")
     _ipt(netns, backend, "-A INPUT -s 192.0.2.9/32 -j ACCEPT")
     _ipt(netns, backend, "-N mine-not-calico")
-    owner = IptablesTable("filter", ExecRunner(), backend=backend)
+    owner = IptablesTable("filter", runner, backend=backend)
     _program(owner)
     loop.run(owner.apply(allow_deletes=False))
     chains = _chains(netns, backend)
@@ -130,9 +148,9 @@ def test_nothing_deleted_before_in_sync_then_swept(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_removed_chain_is_deleted_and_restore_text_is_understood(
-    netns: str, loop: NetnsLoop, backend: str
+    netns: str, loop: NetnsLoop, backend: str, runner: Runner
 ) -> None:
-    owner = IptablesTable("filter", ExecRunner(), backend=backend)
+    owner = IptablesTable("filter", runner, backend=backend)
     owner.load_restore_text(
         "*filter\n:cali-x - -\n:cali-y - -\n"
         '-A cali-x -m comment --comment "cali:xxxxxxxxxxxxxxx1" -j cali-y\n'

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from libcalico.netns import run
-from services.dataplane.commands import ExecRunner
+from services.dataplane.commands import ExecRunner, Runner
 from services.dataplane.netns_loop import NetnsLoop
 from services.dataplane.owners.nftables import NftablesOwner, parse_list
+from services.dataplane.sessions import SessionRunner
 from services.policy import examples as ex
 from services.policy.compiler import PolicyCompiler
 
@@ -21,6 +22,21 @@ pytestmark = pytest.mark.kernel
 def loop(netns: str) -> Iterator[NetnsLoop]:
     with NetnsLoop(netns) as nl:
         yield nl
+
+
+@pytest.fixture(params=["exec", "libnftables"])
+def runner(request: pytest.FixtureRequest, loop: NetnsLoop) -> Iterator[Runner]:
+    """``nft`` execs, and the driver's production writer (one libnftables context)."""
+    if request.param == "exec":
+        yield ExecRunner()
+        return
+
+    async def make() -> SessionRunner:  # on the namespace's thread, as the driver does
+        return SessionRunner(ExecRunner())
+
+    sessions = loop.run(make())
+    yield sessions
+    loop.run(sessions.close())
 
 
 def _list(netns: str, fam: str = "ip") -> str:
@@ -34,9 +50,11 @@ def _handle(netns: str, chain: str, index: int) -> int:
     return int(rules[index]["handle"])
 
 
-def test_compiler_scripts_applied_and_drift_repaired(netns: str, loop: NetnsLoop) -> None:
+def test_compiler_scripts_applied_and_drift_repaired(
+    netns: str, loop: NetnsLoop, runner: Runner
+) -> None:
     compiler = PolicyCompiler()
-    owner = NftablesOwner(ExecRunner())
+    owner = NftablesOwner(runner)
     owner.load_script(compiler.apply(ex.workload()).nft_script)
     owner.mark_resync()  # cold start: read back first (nothing there yet) then write the model
     assert loop.run(owner.apply())
@@ -79,10 +97,10 @@ def test_compiler_scripts_applied_and_drift_repaired(netns: str, loop: NetnsLoop
 
 
 def test_failed_incremental_script_is_repaired_from_the_model(
-    netns: str, loop: NetnsLoop
+    netns: str, loop: NetnsLoop, runner: Runner
 ) -> None:
     compiler = PolicyCompiler()
-    owner = NftablesOwner(ExecRunner())
+    owner = NftablesOwner(runner)
     owner.load_script(compiler.apply(ex.workload()).nft_script)
     loop.run(owner.apply())
     # Someone deletes the verdict map the next script adds to: the whole script is rejected
