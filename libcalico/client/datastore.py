@@ -20,23 +20,56 @@ Example::
 
 The channel is made on first use (gRPC's asyncio channels belong to the loop that made them),
 so a client can be constructed anywhere and used from one event loop.
+
+Every operation but ``watch`` travels over one ``Session`` stream (``libcalico.client.session``),
+opened on first use and again after it breaks: a call on an open stream costs both processes
+far less than a unary RPC, and concurrent calls share messages. Each call still gets a CLIENT
+span named like its unary method, whose context the server's span continues, and fails with
+the same ``libcalico.errors`` class the unary RPC would. A call in flight when the stream
+breaks fails with ``UnavailableError`` (it may or may not have been applied); one that was
+provably never read by the server is sent again on a new stream. A server without ``Session``
+(UNIMPLEMENTED) is then called with unary RPCs for the rest of the client's life;
+``DatastoreClient(target, session=False)`` uses unary RPCs from the start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
+import itertools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import grpc
+import grpc.aio
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from libcalico.api.datastore.v1 import datastore_pb2 as pb
 from libcalico.api.datastore.v1 import datastore_pb2_grpc as pb_grpc
-from libcalico.runtime.channel import make_channel
+from libcalico.client.session import (
+    GRPC_SERVICE,
+    NotSent,
+    SessionStream,
+    SessionUnsupported,
+    error_from_result,
+)
+from libcalico.errors import UnavailableError
+from libcalico.runtime.channel import DEFAULT_CHANNEL_OPTIONS, make_channel
+from libcalico.runtime.log import get_logger
+from libcalico.runtime.telemetry import TRACER_NAME, inject_headers
 
 Resource = dict[str, Any]
+
+_log = get_logger(__name__)
+# A proxy until setup_tracing installs the provider; fetched once, not per call.
+_tracer = trace.get_tracer(TRACER_NAME)
+#: Times a call is sent again on a new stream after the server ended one without reading it.
+_MAX_RESENDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +194,21 @@ def _op_pb(op: Any) -> pb.KVOp:
 class DatastoreClient:
     """Async client of the Datastore gRPC service at ``target`` (``unix:///path`` or host:port).
 
-    ``timeout`` (seconds) bounds every unary call when set; watches are unbounded.
+    ``timeout`` (seconds) bounds every call but ``watch`` when set. ``session=False`` sends
+    each call as its own unary RPC instead of over the session stream.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, target: str, *, timeout: float | None = None, session: bool = True
+    ) -> None:
         self.target = target
         self.timeout = timeout
+        self.use_session = session
         self._channel: Any = None
         self._stub: Any = None
+        self._session_channel: grpc.aio.Channel | None = None
+        self._stream: SessionStream | None = None
+        self._ids = itertools.count(1)
 
     @property
     def stub(self) -> Any:
@@ -178,9 +218,115 @@ class DatastoreClient:
         return self._stub
 
     async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
+        session_channel, self._session_channel = self._session_channel, None
+        if session_channel is not None:
+            await session_channel.close()
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close()
+
+    # -- calls over the session ----------------------------------------------------------------
+
+    def _open_stream(self) -> SessionStream:
+        stream = self._stream
+        if stream is None or stream.broken:
+            if self._session_channel is None:
+                # No interceptors: see libcalico.client.session on why.
+                self._session_channel = grpc.aio.insecure_channel(
+                    self.target, options=list(DEFAULT_CHANNEL_OPTIONS)
+                )
+            stream = self._stream = SessionStream(
+                self._session_channel,
+                target=self.target,
+                service="datastore",
+                on_broken=self._stream_broken,
+            )
+        return stream
+
+    def _stream_broken(self, stream: SessionStream) -> None:
+        if self._stream is stream:
+            self._stream = None
+
+    async def _invoke(self, op: str, method: str, request: Any, size: int = 0) -> Any:
+        """``request`` as session call ``op`` (the unary ``method``'s response comes back);
+        the unary RPC when the server has no sessions."""
+        if self.use_session:
+            try:
+                return await self._over_session(op, method, request, size)
+            except SessionUnsupported:
+                if self.use_session:
+                    _log.info("the datastore has no Session stream; using unary calls",
+                              target=self.target)  # fmt: skip
+                self.use_session = False
+        return await getattr(self.stub, method)(request, timeout=self.timeout)
+
+    async def _over_session(self, op: str, method: str, request: Any, size: int) -> Any:
+        span = _tracer.start_span(
+            f"{GRPC_SERVICE}/{method}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": GRPC_SERVICE,
+                "rpc.method": method,
+                "server.address": self.target,
+            },
+        )
+        # The server's span is the child of ours, or of the caller's when we do not record
+        # (no tracer provider), as make_channel's interceptor arranges for unary calls.
+        carrier: dict[str, str] = {}
+        inject_headers(carrier, trace.set_span_in_context(span) if span.is_recording() else None)
+        call = pb.SessionCall(
+            id=next(self._ids),
+            traceparent=carrier.get("traceparent", ""),
+            tracestate=carrier.get("tracestate", ""),
+            **{op: request},
+        )
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            result = await self._send(call, size)
+            which = result.WhichOneof("result") or ""
+            if which == "error":
+                code = grpc.StatusCode.__members__.get(result.error.code, code)
+                raise error_from_result(
+                    result.error, target=self.target, service="datastore",
+                    method=f"/{GRPC_SERVICE}/{method}",
+                )  # fmt: skip
+            code = grpc.StatusCode.OK
+            return getattr(result, which)
+        except SessionUnsupported:
+            code = grpc.StatusCode.UNIMPLEMENTED
+            raise
+        except UnavailableError:
+            code = grpc.StatusCode.UNAVAILABLE
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+
+    async def _send(self, call: pb.SessionCall, size: int) -> pb.SessionResult:
+        for _ in range(_MAX_RESENDS):
+            future = self._open_stream().submit(call, size)
+            try:
+                if self.timeout is None:
+                    return await future
+                return await asyncio.wait_for(future, self.timeout)
+            except NotSent:
+                continue
+            except TimeoutError:
+                raise UnavailableError(
+                    f"the datastore at {self.target} did not answer in time: Deadline Exceeded"
+                ) from None
+        raise UnavailableError(
+            f"the datastore at {self.target} kept ending the session before reading the request"
+        )
 
     async def __aenter__(self) -> DatastoreClient:
         return self
@@ -197,18 +343,21 @@ class DatastoreClient:
 
     async def create(self, resource: Mapping[str, Any], *, dry_run: bool = False) -> Resource:
         """Create; ``AlreadyExistsError`` if it exists. Sets uid and creationTimestamp."""
-        req = pb.WriteRequest(json=encode(resource), dry_run=dry_run)
-        return resource_from_pb(await self.stub.Create(req, timeout=self.timeout))
+        body = encode(resource)
+        req = pb.WriteRequest(json=body, dry_run=dry_run)
+        return resource_from_pb(await self._invoke("create", "Create", req, len(body)))
 
     async def update(self, resource: Mapping[str, Any], *, dry_run: bool = False) -> Resource:
         """Replace an existing resource; compare-and-swap when it has a resourceVersion."""
-        req = pb.WriteRequest(json=encode(resource), dry_run=dry_run)
-        return resource_from_pb(await self.stub.Update(req, timeout=self.timeout))
+        body = encode(resource)
+        req = pb.WriteRequest(json=body, dry_run=dry_run)
+        return resource_from_pb(await self._invoke("update", "Update", req, len(body)))
 
     async def apply(self, resource: Mapping[str, Any], *, dry_run: bool = False) -> Resource:
         """Create or replace (a resourceVersion, when present, is still compared)."""
-        req = pb.WriteRequest(json=encode(resource), dry_run=dry_run)
-        return resource_from_pb(await self.stub.Apply(req, timeout=self.timeout))
+        body = encode(resource)
+        req = pb.WriteRequest(json=body, dry_run=dry_run)
+        return resource_from_pb(await self._invoke("apply", "Apply", req, len(body)))
 
     async def delete(
         self,
@@ -224,11 +373,11 @@ class DatastoreClient:
             namespace=namespace or "",
             resource_version=str(resource_version) if resource_version else "",
         )
-        return resource_from_pb(await self.stub.Delete(req, timeout=self.timeout))
+        return resource_from_pb(await self._invoke("delete", "Delete", req))
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Resource:
         req = pb.GetRequest(kind=kind, name=name, namespace=namespace or "")
-        return resource_from_pb(await self.stub.Get(req, timeout=self.timeout))
+        return resource_from_pb(await self._invoke("get", "Get", req))
 
     async def list(
         self,
@@ -244,7 +393,7 @@ class DatastoreClient:
             all_namespaces=all_namespaces,
             name_prefix=name_prefix,
         )
-        resp = await self.stub.List(req, timeout=self.timeout)
+        resp = await self._invoke("list", "List", req)
         return [resource_from_pb(r) for r in resp.items], int(resp.revision)
 
     async def watch(
@@ -274,14 +423,14 @@ class DatastoreClient:
     # -- raw keys ------------------------------------------------------------------------------
 
     async def kv_get(self, key: str) -> KV | None:
-        resp = await self.stub.KVGet(pb.KVGetRequest(key=key), timeout=self.timeout)
+        resp = await self._invoke("kv_get", "KVGet", pb.KVGetRequest(key=key))
         return kv_from_pb(resp.kv) if resp.HasField("kv") else None
 
     async def kv_list(
         self, prefix: str, keys_only: bool = False
     ) -> tuple[builtins.list[KV], int]:
-        resp = await self.stub.KVList(
-            pb.KVListRequest(prefix=prefix, keys_only=keys_only), timeout=self.timeout
+        resp = await self._invoke(
+            "kv_list", "KVList", pb.KVListRequest(prefix=prefix, keys_only=keys_only)
         )
         return [kv_from_pb(kv) for kv in resp.kvs], int(resp.revision)
 
@@ -297,7 +446,9 @@ class DatastoreClient:
             compares=[pb.Compare(key=k, mod_revision=int(r)) for k, r in compares],
             ops=[_op_pb(op) for op in ops],
         )
-        resp = await self.stub.KVTxn(req, timeout=self.timeout)
+        resp = await self._invoke(
+            "kv_txn", "KVTxn", req, sum(len(op.value) for op in req.ops)
+        )
         return TxnResult(
             bool(resp.succeeded),
             int(resp.revision),

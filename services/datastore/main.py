@@ -43,8 +43,13 @@ class DatastoreGraph:
     watcher: Watcher
     servicer: DatastoreServicer
 
-    async def close(self) -> None:
+    def end_streams(self) -> None:
+        """End the long-lived streams (watches, sessions) so a stop need not wait them out."""
         self.watcher.close()
+        self.servicer.close()
+
+    async def close(self) -> None:
+        self.end_streams()
         await self.etcd.close()
 
 
@@ -96,12 +101,12 @@ async def run_service(cfg: DatastoreConfig) -> None:
         await server.set_serving(True)
 
     async def end_watches_on_stop() -> None:
-        # The server cancels its tasks first when it stops; ending the watch streams then
-        # means a stop does not sit out the grace period for them.
+        # The server cancels its tasks first when it stops; ending the watch and session
+        # streams then means a stop does not sit out the grace period for them.
         try:
             await asyncio.Event().wait()
         finally:
-            graph.watcher.close()
+            graph.end_streams()
 
     server.add_task("ready", ready)
     server.add_task("watch-closer", end_watches_on_stop)

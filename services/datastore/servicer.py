@@ -1,6 +1,8 @@
 """gRPC ↔ domain for the Datastore service: protobuf in, ``Store``/``Watcher`` call, protobuf out.
 
-Nothing else happens here. Errors are ``libcalico.errors`` raised by the domain; the runtime's
+Nothing else happens here. ``Session`` runs these same handlers for calls multiplexed on one
+stream (``services.datastore.session`` gives each call the span, metrics and error mapping the
+interceptor gives a unary RPC). Errors are ``libcalico.errors`` raised by the domain; the runtime's
 interceptor turns them into status codes with ``calico-error-*`` trailing metadata. Resource
 bodies pass through as the bytes etcd holds (``Resource.json``, without resourceVersion, which
 travels in ``Resource.resource_version``), so a list or a watch decodes no JSON here.
@@ -9,12 +11,14 @@ travels in ``Resource.resource_version``), so a list or a watch decodes no JSON 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from libcalico.api.datastore.v1 import datastore_pb2 as pb
 from libcalico.api.datastore.v1 import datastore_pb2_grpc as pb_grpc
 from libcalico.errors import ValidationError
 from services.datastore.etcd import KV
+from services.datastore.session import OPS, SessionHub
 from services.datastore.store import KVWrite, Store, StoredResource
 from services.datastore.watch import Watcher, WatchEvent
 
@@ -66,9 +70,19 @@ def decode_json(body: bytes) -> dict[str, Any]:
 
 
 class DatastoreServicer(pb_grpc.DatastoreServicer):  # type: ignore[misc]
-    def __init__(self, store: Store, watcher: Watcher) -> None:
+    def __init__(self, store: Store, watcher: Watcher, *, service: str = "datastore") -> None:
+        """``service`` is the process's name for the spans of session calls (the interceptor
+        is given the same name for unary ones)."""
         self.store = store
         self.watcher = watcher
+        # Session calls run the very handlers below (with no context; none of them uses it).
+        self.sessions = SessionHub(
+            {method: getattr(self, method) for method, _ in OPS.values()}, process=service
+        )
+
+    def close(self) -> None:
+        """The server is stopping: end the Session streams (each answers what it read)."""
+        self.sessions.close()
 
     async def Create(self, request: pb.WriteRequest, context: Any) -> pb.Resource:
         res = await self.store.create(decode_json(request.json), dry_run=request.dry_run)
@@ -112,6 +126,13 @@ class DatastoreServicer(pb_grpc.DatastoreServicer):  # type: ignore[misc]
             kv_only=request.kv_only,
         ):
             yield event_pb(event)
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.SessionRequest], context: Any
+    ) -> AsyncIterator[pb.SessionResponse]:
+        """The unary operations over one stream; see ``services.datastore.session``."""
+        async for response in self.sessions.serve(request_iterator):
+            yield response
 
     async def KVGet(self, request: pb.KVGetRequest, context: Any) -> pb.KVGetResponse:
         kv, revision = await self.store.kv_get(request.key)

@@ -23,6 +23,213 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionCall]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___SessionCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    APPLY_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    GET_FIELD_NUMBER: _builtins.int
+    LIST_FIELD_NUMBER: _builtins.int
+    KV_GET_FIELD_NUMBER: _builtins.int
+    KV_LIST_FIELD_NUMBER: _builtins.int
+    KV_TXN_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client, unique among its calls in flight on this stream."""
+    traceparent: _builtins.str
+    """W3C trace context of the caller; the server's span for this call is its child."""
+    tracestate: _builtins.str
+    @_builtins.property
+    def create(self) -> Global___WriteRequest: ...
+    @_builtins.property
+    def update(self) -> Global___WriteRequest: ...
+    @_builtins.property
+    def apply(self) -> Global___WriteRequest: ...
+    @_builtins.property
+    def delete(self) -> Global___DeleteRequest: ...
+    @_builtins.property
+    def get(self) -> Global___GetRequest: ...
+    @_builtins.property
+    def list(self) -> Global___ListRequest: ...
+    @_builtins.property
+    def kv_get(self) -> Global___KVGetRequest: ...
+    @_builtins.property
+    def kv_list(self) -> Global___KVListRequest: ...
+    @_builtins.property
+    def kv_txn(self) -> Global___KVTxnRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
+        create: Global___WriteRequest | None = ...,
+        update: Global___WriteRequest | None = ...,
+        apply: Global___WriteRequest | None = ...,
+        delete: Global___DeleteRequest | None = ...,
+        get: Global___GetRequest | None = ...,
+        list: Global___ListRequest | None = ...,
+        kv_get: Global___KVGetRequest | None = ...,
+        kv_list: Global___KVListRequest | None = ...,
+        kv_txn: Global___KVTxnRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apply", b"apply", "create", b"create", "delete", b"delete", "get", b"get", "kv_get", b"kv_get", "kv_list", b"kv_list", "kv_txn", b"kv_txn", "list", b"list", "op", b"op", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply", b"apply", "create", b"create", "delete", b"delete", "get", b"get", "id", b"id", "kv_get", b"kv_get", "kv_list", b"kv_list", "kv_txn", b"kv_txn", "list", b"list", "op", b"op", "traceparent", b"traceparent", "tracestate", b"tracestate", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["create", "update", "apply", "delete", "get", "list", "kv_get", "kv_list", "kv_txn"]  # noqa: Y015
+    _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
+
+Global___SessionCall: _TypeAlias = SessionCall  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___SessionResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    LIST_FIELD_NUMBER: _builtins.int
+    KV_GET_FIELD_NUMBER: _builtins.int
+    KV_LIST_FIELD_NUMBER: _builtins.int
+    KV_TXN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the call this answers."""
+    @_builtins.property
+    def resource(self) -> Global___Resource:
+        """create, update, apply, delete, get"""
+
+    @_builtins.property
+    def list(self) -> Global___ListResponse: ...
+    @_builtins.property
+    def kv_get(self) -> Global___KVGetResponse: ...
+    @_builtins.property
+    def kv_list(self) -> Global___KVListResponse: ...
+    @_builtins.property
+    def kv_txn(self) -> Global___KVTxnResponse: ...
+    @_builtins.property
+    def error(self) -> Global___SessionError: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        resource: Global___Resource | None = ...,
+        list: Global___ListResponse | None = ...,
+        kv_get: Global___KVGetResponse | None = ...,
+        kv_list: Global___KVListResponse | None = ...,
+        kv_txn: Global___KVTxnResponse | None = ...,
+        error: Global___SessionError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "kv_get", b"kv_get", "kv_list", b"kv_list", "kv_txn", b"kv_txn", "list", b"list", "resource", b"resource", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "id", b"id", "kv_get", b"kv_get", "kv_list", b"kv_list", "kv_txn", b"kv_txn", "list", b"list", "resource", b"resource", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["resource", "list", "kv_get", "kv_list", "kv_txn", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SessionResult: _TypeAlias = SessionResult  # noqa: Y015
+
+@_typing.final
+class SessionError(_message.Message):
+    """What a failed unary RPC would have ended with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """grpc.StatusCode name: NOT_FOUND, ABORTED, INVALID_ARGUMENT, INTERNAL, ..."""
+    message: _builtins.str
+    """The status details (message) of the unary RPC."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Exactly the calico-error-* trailing metadata the unary RPC would carry (same keys, same
+        percent-encoded values), so one decoder serves both.
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionError: _TypeAlias = SessionError  # noqa: Y015
+
+@_typing.final
 class Resource(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

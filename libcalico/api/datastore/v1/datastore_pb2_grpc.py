@@ -84,6 +84,11 @@ class DatastoreStub:
                 request_serializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.KVTxnRequest.SerializeToString,
                 response_deserializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.KVTxnResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/calicopy.datastore.v1.Datastore/Session',
+                request_serializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.SessionRequest.SerializeToString,
+                response_deserializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class DatastoreServicer:
@@ -156,6 +161,19 @@ class DatastoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """The unary operations above, multiplexed over one long-lived stream: each call carries a
+        client-chosen id and its own traceparent, and its result comes back with that id, in
+        completion order (not request order). The server runs the calls of one session
+        concurrently (bounded), each with the span, metrics and error mapping its unary RPC
+        would get. A message carries one or more calls (results): under load both sides send
+        whatever queued up behind the previous message as one, which is what makes a call cheaper
+        than a unary RPC. A call in flight when the stream breaks may or may not have been applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatastoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +226,11 @@ def add_DatastoreServicer_to_server(servicer, server):
                     servicer.KVTxn,
                     request_deserializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.KVTxnRequest.FromString,
                     response_serializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.KVTxnResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.SessionRequest.FromString,
+                    response_serializer=libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +503,33 @@ class Datastore:
             '/calicopy.datastore.v1.Datastore/KVTxn',
             libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.KVTxnRequest.SerializeToString,
             libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.KVTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/calicopy.datastore.v1.Datastore/Session',
+            libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.SessionRequest.SerializeToString,
+            libcalico_dot_api_dot_datastore_dot_v1_dot_datastore__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

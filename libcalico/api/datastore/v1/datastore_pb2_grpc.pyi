@@ -52,6 +52,15 @@ class DatastoreStub:
     """All compares must hold for the puts/deletes to apply; otherwise nothing is written and
     succeeded=false with the current values of the compared keys.
     """
+    Session: _grpc.StreamStreamMultiCallable[_datastore_pb2.SessionRequest, _datastore_pb2.SessionResponse]
+    """The unary operations above, multiplexed over one long-lived stream: each call carries a
+    client-chosen id and its own traceparent, and its result comes back with that id, in
+    completion order (not request order). The server runs the calls of one session
+    concurrently (bounded), each with the span, metrics and error mapping its unary RPC
+    would get. A message carries one or more calls (results): under load both sides send
+    whatever queued up behind the previous message as one, which is what makes a call cheaper
+    than a unary RPC. A call in flight when the stream breaks may or may not have been applied.
+    """
 
 @_typing.type_check_only
 class DatastoreAsyncStub(DatastoreStub):
@@ -73,6 +82,15 @@ class DatastoreAsyncStub(DatastoreStub):
     KVTxn: _aio.UnaryUnaryMultiCallable[_datastore_pb2.KVTxnRequest, _datastore_pb2.KVTxnResponse]  # type: ignore[assignment]
     """All compares must hold for the puts/deletes to apply; otherwise nothing is written and
     succeeded=false with the current values of the compared keys.
+    """
+    Session: _aio.StreamStreamMultiCallable[_datastore_pb2.SessionRequest, _datastore_pb2.SessionResponse]  # type: ignore[assignment]
+    """The unary operations above, multiplexed over one long-lived stream: each call carries a
+    client-chosen id and its own traceparent, and its result comes back with that id, in
+    completion order (not request order). The server runs the calls of one session
+    concurrently (bounded), each with the span, metrics and error mapping its unary RPC
+    would get. A message carries one or more calls (results): under load both sides send
+    whatever queued up behind the previous message as one, which is what makes a call cheaper
+    than a unary RPC. A call in flight when the stream breaks may or may not have been applied.
     """
 
 class DatastoreServicer(metaclass=_abc_1.ABCMeta):
@@ -152,6 +170,21 @@ class DatastoreServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_datastore_pb2.KVTxnResponse, _abc.Awaitable[_datastore_pb2.KVTxnResponse]]:
         """All compares must hold for the puts/deletes to apply; otherwise nothing is written and
         succeeded=false with the current values of the compared keys.
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_datastore_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_datastore_pb2.SessionResponse], _abc.AsyncIterator[_datastore_pb2.SessionResponse]]:
+        """The unary operations above, multiplexed over one long-lived stream: each call carries a
+        client-chosen id and its own traceparent, and its result comes back with that id, in
+        completion order (not request order). The server runs the calls of one session
+        concurrently (bounded), each with the span, metrics and error mapping its unary RPC
+        would get. A message carries one or more calls (results): under load both sides send
+        whatever queued up behind the previous message as one, which is what makes a call cheaper
+        than a unary RPC. A call in flight when the stream breaks may or may not have been applied.
         """
 
 def add_DatastoreServicer_to_server(servicer: DatastoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
