@@ -19,9 +19,10 @@ What it does, for each flavour (iptables + ipset, nftables):
    rules change (a port flips); compile + write of the increment through the driver's own
    writers (``SessionRunner``: a long-lived ``iptables-nft-restore``, or one libnftables
    context) is timed, then re-applying the same text with one exec of the tools (idempotent);
-4. **kernel commit**: through the same writer, a new chain with one verdict rule. nf_tables
-   validates every rule reachable from the table's base chains at each commit that adds a
-   verdict, so at this size that commit is the floor under any change (target <= 30 ms).
+4. **floor writes**: through the same writer, a new chain with one rule, once with a verdict
+   and once without. nf_tables validates every rule reachable from the table's base chains
+   at each commit that adds a verdict (and not otherwise), so the difference is that
+   validation, and the verdict write is the floor under any change (target <= 30 ms).
    Medians are reported.
 
 ``--backend legacy`` uses ``iptables-legacy-restore`` for the iptables flavour (the default is
@@ -164,21 +165,21 @@ async def write(writer: SessionRunner, flavor: str, r: CompileResult,
     return time.perf_counter() - t
 
 
-async def kernel_commit(writer: SessionRunner, flavor: str, i: int,
-                        args: argparse.Namespace) -> float:
-    """The smallest write that makes the kernel validate the table: one new chain holding one
-    verdict rule, through the same writer. With the table loaded, that is the floor under any
-    change: nf_tables re-validates every rule reachable from the table's base chains at each
-    commit that adds a verdict (a rule without one, e.g. a bare counter, commits in ~1 ms)."""
+async def floor_write(writer: SessionRunner, flavor: str, name: str, verdict: bool,
+                      args: argparse.Namespace) -> float:
+    """The smallest write, through the same writer: a new chain with one rule, with or without
+    a verdict. nf_tables re-validates every rule reachable from the table's base chains at a
+    commit that adds a verdict, and not otherwise; so the two differ by that validation, and
+    the first is the floor under any policy change at this size."""
     t = time.perf_counter()
     if flavor == "nft":
         await check(writer, ["nft", "-f", "-"],
-                    f"add chain ip calico bench-floor-{i}\n"
-                    f"add rule ip calico bench-floor-{i} return\n")
+                    f"add chain ip calico {name}\n"
+                    f"add rule ip calico {name} counter{' return' if verdict else ''}\n")
     else:
+        target = " -j RETURN" if verdict else ""
         await check(writer, [f"iptables-{args.backend}-restore", "--noflush"],
-                    f"*filter\n:cali-bench-floor-{i} - -\n-A cali-bench-floor-{i} -j RETURN\n"
-                    "COMMIT\n")
+                    f"*filter\n:{name} - -\n-A {name} -s 192.0.2.1/32{target}\nCOMMIT\n")
     return time.perf_counter() - t
 
 
@@ -246,8 +247,11 @@ def bench_flavor(flavor: str, msgs: list[fb.ToDataplane], args: argparse.Namespa
                     change_compile.append(compiled)
                     change_total.append(compiled + applied)
                     change_raw.append(apply(flavor, ns, d, "", args))  # idempotent: same text
-                commit_floor = [loop.run(kernel_commit(writer, flavor, i, args))
-                                for i in range(max(5, args.changes // 2))]
+                floors = max(5, args.changes // 2)
+                commit_floor = [loop.run(floor_write(writer, flavor, f"cali-bench-v{i}", True,
+                                                     args)) for i in range(floors)]
+                plain_floor = [loop.run(floor_write(writer, flavor, f"cali-bench-p{i}", False,
+                                                    args)) for i in range(floors)]
             finally:
                 loop.run(writer.close())
         flush(ns, args.backend)
@@ -262,7 +266,8 @@ def bench_flavor(flavor: str, msgs: list[fb.ToDataplane], args: argparse.Namespa
         "change_compile_ms": round(statistics.median(change_compile) * 1000, 2),
         "change_total_ms": round(statistics.median(change_total) * 1000, 2),
         "change_raw_tools_ms": round(statistics.median(change_raw) * 1000, 2),
-        "kernel_commit_ms": round(statistics.median(commit_floor) * 1000, 2),
+        "verdict_write_ms": round(statistics.median(commit_floor) * 1000, 2),
+        "plain_write_ms": round(statistics.median(plain_floor) * 1000, 2),
         "change_ratio": round(statistics.median(change_total) / statistics.median(change_raw),
                               2),
     }
@@ -274,13 +279,15 @@ def table(result: dict[str, Any]) -> str:
             f"{a['set_size']} members, {a['endpoints']} endpoints, "
             f"{'IPv4+IPv6' if a['ipv6'] else 'IPv4'}; message build {result['build_s']} s")
     rows = [("flavor", "rules", "compile s", "apply s", "total s", "raw tools s", "ratio",
-             "1 policy: compile ms", "total ms", "raw ms", "ratio", "kernel commit ms")]
+             "1 policy: compile ms", "total ms", "raw ms", "ratio", "verdict write ms",
+             "plain write ms")]
     for f in result["flavors"]:
         rows.append((f["flavor"], str(f["rules_rendered"]), str(f["cold_compile_s"]),
                      str(f["cold_apply_s"]), str(f["cold_total_s"]), str(f["cold_raw_tools_s"]),
                      str(f["cold_ratio"]), str(f["change_compile_ms"]),
                      str(f["change_total_ms"]), str(f["change_raw_tools_ms"]),
-                     str(f["change_ratio"]), str(f["kernel_commit_ms"])))
+                     str(f["change_ratio"]), str(f["verdict_write_ms"]),
+                     str(f["plain_write_ms"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head, ""]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -289,13 +296,14 @@ def table(result: dict[str, Any]) -> str:
                  f" 1-policy figures are medians of {a['changes']} changes")
     lines.append("1 policy total = compile + write through the driver's writers (long-lived "
                  "restore process / libnftables); raw = one exec of the tool per write")
-    lines.append("kernel commit = one new chain with one verdict rule through the same writer: "
-                 "nf_tables re-validates the whole table at such a commit, the floor under "
-                 "any change at this size")
+    lines.append("verdict / plain write = a new chain with one rule with / without a verdict, "
+                 "through the same writer; nf_tables re-validates every reachable rule of the "
+                 "table at a commit that adds a verdict, so the difference is that validation "
+                 "and the verdict write is the floor under any policy change")
     for f in result["flavors"]:
         verdict = "meets" if f["change_total_ms"] <= CHANGE_TARGET_MS else "does NOT meet"
-        below = (" (the kernel commit alone is above it)"
-                 if f["kernel_commit_ms"] > CHANGE_TARGET_MS else "")
+        below = (f" (the smallest verdict write alone takes {f['verdict_write_ms']} ms)"
+                 if f["verdict_write_ms"] > CHANGE_TARGET_MS else "")
         lines.append(f"{f['flavor']}: one changed policy {f['change_total_ms']} ms {verdict} "
                      f"the target <= {CHANGE_TARGET_MS} ms{below}")
     return "\n".join(lines)
