@@ -141,8 +141,12 @@ class WatchEvent:
     name: str = ""
 
 
+# One encoder for every call: json.dumps with non-default options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(resource: Mapping[str, Any]) -> bytes:
-    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(resource).encode()
 
 
 def resource_from_pb(msg: pb.Resource) -> Resource:

@@ -68,9 +68,13 @@ RESOURCES_ROOT = "/calico/resources/"
 assert keys.RESOURCES_PREFIX.startswith(RESOURCES_ROOT)
 
 
+# One encoder for every write: json.dumps with non-default options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(resource: Mapping[str, Any]) -> bytes:
     """Calico's JSON for a resource: compact, keys in the order the dict holds them."""
-    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(resource).encode()
 
 
 def describe(kind: str, name: str, namespace: str = "") -> str:
