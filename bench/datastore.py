@@ -8,15 +8,18 @@ What it does:
    entry point, its own process) on a unix socket bound to it;
 2. **service**: ``--concurrency`` tasks over one ``DatastoreClient`` create ``--count`` IPPools
    (validation, defaults, a create-if-absent etcd transaction) and get each one back — one
-   *pair* is one Create RPC plus one Get RPC;
+   *pair* is one Create call plus one Get call, which ``DatastoreClient`` sends over its one
+   ``Session`` stream (a message each way per call, or fewer when calls queue up together;
+   each call still gets its own server span, metrics and error mapping);
 3. **floor**: the same number of raw aetcd puts of the same JSON at the same concurrency, on the
    same etcd, from this process (no validation, no gRPC hop, no transaction);
 4. prints pairs/s, service ops/s (creates + gets) and puts/s, and ``ratio`` = service ops/s ÷
    raw puts/s (target ≥ 0.5), plus the stricter pairs/s ÷ puts/s;
-5. for scale, the same process's no-op RPC rate (gRPC health Check): what one gRPC hop costs
-   with no datastore work at all. A pair is two hops plus two etcd round trips; the floor is
-   one etcd round trip, so the sequential ops ratio cannot exceed
-   2 x put / (2 x hop + txn + range) even with free datastore code.
+5. for scale, the same process's no-op unary RPC rate (gRPC health Check): what one unary gRPC
+   hop costs with no datastore work at all. A pair is two stream round trips plus two etcd
+   round trips; the floor is one etcd round trip, so the sequential ops ratio cannot exceed
+   2 x put / (2 x stream round trip + txn + range) even with free datastore code. Session
+   calls are not bound by the unary rate: with many in flight they share messages.
 
 Each phase runs ``--rounds`` times alternately (service, floor, service, ...) after a warm-up
 and the best round of each counts, so a noisy neighbour on a 2-core machine hurts both alike.
@@ -194,10 +197,10 @@ def table(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"ratio = {r['ratio_definition']}; worst {r['ratio']:.2f} {verdict} target "
-        f">= {TARGET_RATIO} (a pair is one Create RPC + one Get RPC, each a service round "
-        "trip and an etcd round trip)",
-        "no-op RPC = the service's own health Check: the gRPC hop alone, the ceiling for any "
-        "RPC of this process",
+        f">= {TARGET_RATIO} (a pair is one Create + one Get call on DatastoreClient's Session "
+        "stream, each a stream round trip and an etcd round trip)",
+        "no-op RPC = the service's own health Check as a unary RPC: a unary hop alone (session "
+        "calls share one stream and are not bound by it)",
     ]
     return "\n".join(lines)
 
