@@ -45,6 +45,7 @@ be satisfied, what was already taken is released before the error is raised.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -95,6 +96,10 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATASTORE_RETRIES = 100
 EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0  # seconds; Calico's EmptyBlockMinReclaimAge
 HANDLE_CACHE_SIZE = 50_000
+
+
+# Block keys of the blocks this process writes, formatted once (ipaddress formats in Python).
+_block_key: Callable[[Network], str] = functools.lru_cache(maxsize=4096)(keys.block_key)
 
 
 def parse_ip(text: str) -> Address:
@@ -242,7 +247,7 @@ class _Plan:
         self.ips.extend(block.ip_with_prefix(o) for o in ordinals)
         if handle and ordinals:
             d = self.handles.setdefault(handle, {})
-            key = str(block.cidr)
+            key = block.cidr_text
             d[key] = d.get(key, 0) + len(ordinals)
 
     def empty(self) -> bool:
@@ -513,7 +518,7 @@ class Allocator:
         ops: list[Op] = []
         new_blocks: dict[Network, Block | None] = {}
         for cidr, (block, rev) in plan.blocks.items():
-            key = keys.block_key(cidr)
+            key = _block_key(cidr)
             compares.append((key, rev))
             if block is None:
                 ops.append(Delete(key))

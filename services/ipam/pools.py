@@ -166,7 +166,10 @@ def pool_for(pools: Iterable[Pool], ip: Address) -> Pool | None:
     return None
 
 
+@lru_cache(maxsize=1024)
 def _norm(entry: str) -> Network | None:
+    # Cached: every AutoAssign that names its pools normalises them, and a pool *name* costs
+    # a raised and caught ValueError each time. Networks are immutable, so sharing is safe.
     try:
         return ipaddress.ip_network(entry.strip(), strict=False)
     except ValueError:
