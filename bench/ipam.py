@@ -25,9 +25,14 @@ What it does:
      round with new node names, so block claims (a new block every 64 addresses per node)
      are part of the cost as they would be;
    every call's latency is kept for p50/p99;
-4. **plugin**: ``--plugin`` runs of the ``calico-ipam`` binary (ADD, cniVersion 1.0.0) one
+4. **floor**: ``services.ipam.cas_echo``, a service run exactly like the IPAM service (same
+   runtime, interceptor, spans, metrics, event loop) whose one RPC does one raw CAS txn
+   through the same ``EtcdKVStore`` and nothing else, called sequentially: what an
+   allocation costs with a free allocator. ``affine / floor`` tells the allocator's own cost
+   apart from the cost of the two gRPC hops (bench -> service -> etcd);
+5. **plugin**: ``--plugin`` runs of the ``calico-ipam`` binary (ADD, cniVersion 1.0.0) one
    after another against the datastore-backed service: wall time per process;
-5. prints a table, or one JSON object with ``--json``. ``vs CAS`` = allocations/s ÷ raw CAS
+6. prints a table, or one JSON object with ``--json``. ``vs CAS`` = allocations/s ÷ raw CAS
    transactions/s of the same concurrency (sequential ÷ sequential, in flight ÷ in flight);
    ``vs r+CAS`` the same against read+CAS pairs. Target: *affine, sequential* ≥ 0.5 of raw
    sequential CAS.
@@ -61,6 +66,8 @@ from libcalico.api.ipam.v1 import ipam_pb2_grpc as pb_grpc
 from libcalico.client import DatastoreClient
 from libcalico.etcd_server import EtcdServer
 from libcalico.testing.datastore import DatastoreProcess
+from libcalico.testing.service_process import ServiceProcess
+from services.ipam import cas_echo
 from services.ipam.blocks import Block
 from services.ipam.kvstore import EtcdKVStore, Put
 from services.ipam.testing import IPAMProcess
@@ -219,6 +226,17 @@ async def affine_round(
     return await timed_workers(count, 1, alloc)
 
 
+async def floor_round(channel: grpc.aio.Channel, count: int) -> tuple[float, list[float]]:
+    """One RPC per call into the CAS-echo service: two gRPC hops and one etcd CAS."""
+    call = channel.unary_unary(cas_echo.METHOD)
+
+    async def echo(i: int) -> None:
+        if await call(b"", timeout=30) != b"":
+            raise RuntimeError("the CAS-echo service lost a race it cannot have")
+
+    return await timed_workers(count, 1, echo)
+
+
 def affine_chunks(count: int) -> Iterator[str]:
     """Successive CIDRs of the affine pool, each holding enough /26 blocks for ``count``."""
     blocks = -(-(count + 84) // 64)
@@ -279,6 +297,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for svc in services.values():
             await svc.start()
             started.append(svc)
+        echo = ServiceProcess("calico-cas-echo", "services.ipam.cas_echo", work / "echo.sock", {
+            "CALICO_CAS_ECHO_LISTEN": f"unix://{work / 'echo.sock'}",
+            "CALICO_CAS_ECHO_ETCD": etcd.endpoint,
+            "CALICO_CAS_ECHO_VALUE_BYTES": str(len(block_value(1))),
+        })
+        await echo.start()
+        started.append(echo)
         async with DatastoreClient(ds.target) as client:
             for name, cidr, mode in (("bench", POOL_CIDR, "Automatic"),
                                      (AFFINE_POOL, AFFINE_POOL_CIDR, "Manual")):
@@ -290,6 +315,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         kv = EtcdKVStore.from_endpoint(etcd.endpoint)
         channels = {name: grpc.aio.insecure_channel(svc.target) for name, svc in services.items()}
         stubs = {name: pb_grpc.IPAMStub(ch) for name, ch in channels.items()}
+        channels["floor"] = grpc.aio.insecure_channel(echo.target)
         best: dict[str, tuple[float, list[float]]] = {}
 
         def keep(name: str, result: tuple[float, list[float]]) -> None:
@@ -301,6 +327,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # Warm-up: connections, caches, JIT-free but import-heavy first calls.
             await raw_cas_round(kv, "warm", 200, 1)
             await raw_pair_round(kv, "warm", 200, 1)
+            await floor_round(channels["floor"], 200)
             for name, stub in stubs.items():
                 await service_round(stub, f"warm-{name}", 200, 4, 4)
             for r in range(args.rounds):
@@ -308,6 +335,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 keep("cas-conc", await raw_cas_round(kv, f"c{r}", args.raw, args.inflight))
                 keep("pair-seq", await raw_pair_round(kv, f"s{r}", args.raw, 1))
                 keep("pair-conc", await raw_pair_round(kv, f"c{r}", args.raw, args.inflight))
+                keep("floor-seq", await floor_round(channels["floor"], args.raw))
                 for name, stub in stubs.items():
                     keep(f"{name}-affine",
                          await affine_round(stub, f"a{r}-{name}", args.sequential, next(chunks)))
@@ -324,13 +352,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await ch.close()
             await kv.close()
 
-        counts = {k: args.raw for k in ("cas-seq", "cas-conc", "pair-seq", "pair-conc")}
+        counts = {k: args.raw for k in ("cas-seq", "cas-conc", "pair-seq", "pair-conc",
+                                        "floor-seq")}
         for name in services:
             counts[f"{name}-affine"] = args.sequential
             counts[f"{name}-seq"] = args.sequential
             counts[f"{name}-conc"] = args.concurrent
         rows = {name: summarise(counts[name], s, lat) for name, (s, lat) in best.items()}
-        ratios: dict[str, dict[str, float]] = {}
+        ratios: dict[str, dict[str, float]] = {
+            "floor-seq": {
+                "cas": round(rows["floor-seq"]["per_s"] / rows["cas-seq"]["per_s"], 3),
+                "pair": round(rows["floor-seq"]["per_s"] / rows["pair-seq"]["per_s"], 3),
+            }
+        }
         for name in services:
             for phase, conc in (("affine", "seq"), ("seq", "seq"), ("conc", "conc")):
                 key = f"{name}-{phase}"
@@ -353,6 +387,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "meets_target": {
                 name: ratios[f"{name}-affine"]["cas"] >= TARGET_RATIO for name in services
             },
+            # Allocations/s into an affine block over the floor's calls/s: the share of the
+            # best this process shape allows that the allocator and its glue leave.
+            "affine_vs_floor": {
+                name: round(rows[f"{name}-affine"]["per_s"] / rows["floor-seq"]["per_s"], 3)
+                for name in services
+            },
             "etcd_version": etcd_version(etcd.binary),
             "cpus": os.cpu_count(),
         }
@@ -368,6 +408,7 @@ LABELS = {
     "cas-conc": "raw etcd CAS txn, {inflight} in flight",
     "pair-seq": "raw etcd read+CAS, sequential",
     "pair-conc": "raw etcd read+CAS, {inflight} in flight",
+    "floor-seq": "floor: RPC doing one CAS, no allocator, sequential",
     "via-datastore-affine": "AutoAssign via datastore, affine block, sequential",
     "via-datastore-seq": "AutoAssign via datastore, sequential (claims incl.)",
     "via-datastore-conc": "AutoAssign via datastore, {inflight} in flight",
@@ -412,8 +453,14 @@ def table(r: dict[str, Any]) -> str:
         verdict = "meets" if r["meets_target"][name] else "BELOW"
         lines.append(
             f"affine sequential {name} / raw sequential CAS: "
-            f"{r['ratios'][f'{name}-affine']['cas']:.2f} ({verdict} target >= {TARGET_RATIO})"
+            f"{r['ratios'][f'{name}-affine']['cas']:.2f} ({verdict} target >= {TARGET_RATIO}); "
+            f"/ floor: {r['affine_vs_floor'][name]:.2f}"
         )
+    lines.append(
+        f"floor / raw sequential CAS: {r['ratios']['floor-seq']['cas']:.2f} (an RPC into a "
+        "service that does one CAS and nothing else: the most any AutoAssign through two "
+        "gRPC hops can reach here)"
+    )
     return "\n".join(lines)
 
 
