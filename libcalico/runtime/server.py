@@ -390,14 +390,18 @@ async def start_in_process(spec: ServerSpec) -> Server:
 EVENT_LOOP_ENV = "CALICO_EVENT_LOOP"
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed, else ``None`` (asyncio's default loop).
+def event_loop_factory(
+    *, allow_uvloop: bool = True
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed and allowed, else ``None`` (asyncio's default loop).
 
     ``CALICO_EVENT_LOOP=asyncio`` forces the default loop (to compare, or to rule uvloop out
-    when chasing a bug); ``uvloop`` or unset picks uvloop when it can be imported.
+    when chasing a bug); ``uvloop`` or unset picks uvloop when it can be imported. The node
+    agents pass ``allow_uvloop=False``: pyroute2's asyncio netlink sockets are datagram
+    endpoints of family AF_NETLINK, which uvloop refuses ("invalid family 16").
     """
     choice = os.environ.get(EVENT_LOOP_ENV, "").strip().lower()
-    if choice == "asyncio":
+    if choice == "asyncio" or not allow_uvloop:
         return None
     try:
         import uvloop
@@ -407,12 +411,13 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run_main(amain: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
+def run_main(amain: Callable[[], Coroutine[Any, Any, None]], *,
+             allow_uvloop: bool = True) -> NoReturn:
     """``amain()`` on a fresh event loop (``event_loop_factory``) and exit: 0 when stopped,
     2 for bad config, 1 for a crash."""
     status = 0
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory(allow_uvloop=allow_uvloop)) as runner:
             runner.run(amain())
     except KeyboardInterrupt:
         status = 130

@@ -116,7 +116,7 @@ async def amain() -> None:
 
 
 def main() -> None:
-    run_main(amain)
+    run_main(amain, allow_uvloop=False)  # pyroute2's netlink sockets need asyncio's loop
 
 
 if __name__ == "__main__":

@@ -22,6 +22,13 @@ def test_env_forces_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
     assert server.event_loop_factory() is None
 
 
+def test_node_agents_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The dataplane driver's pyroute2 netlink sockets are AF_NETLINK datagram endpoints,
+    # which uvloop refuses; it runs on asyncio's loop whatever is installed.
+    monkeypatch.delenv(server.EVENT_LOOP_ENV, raising=False)
+    assert server.event_loop_factory(allow_uvloop=False) is None
+
+
 def test_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(server.EVENT_LOOP_ENV, raising=False)
     real_import = builtins.__import__
