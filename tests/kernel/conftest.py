@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from libcalico.netns import Topology, have_root
+from services.dataplane.commands import ExecRunner, Runner
+from services.dataplane.netns_loop import NetnsLoop
+from services.dataplane.sessions import SessionRunner
 
 _RUN_PREFIX = f"cpt{os.getpid() % 100000}"
 _counter = 0
@@ -54,3 +57,20 @@ def netns(topology: Topology) -> str:
     """One private namespace with loopback up, for tools that need a kernel to write into."""
     topology.add_segment("s", "10.255.0.0/24")
     return topology.add_host("h").netns
+
+
+@pytest.fixture(params=["exec", "session"])
+def runner(request: pytest.FixtureRequest, loop: NetnsLoop) -> Iterator[Runner]:
+    """Each rule-owner test runs twice: with one exec per write, and with the driver's
+    production writers (``SessionRunner``: long-lived nft-backend restores, one libnftables
+    context). Needs the test module's ``loop``, a ``NetnsLoop`` in its namespace."""
+    if request.param == "exec":
+        yield ExecRunner()
+        return
+
+    async def make() -> SessionRunner:  # on the namespace's thread, as the driver does
+        return SessionRunner(ExecRunner())
+
+    sessions = loop.run(make())
+    yield sessions
+    loop.run(sessions.close())

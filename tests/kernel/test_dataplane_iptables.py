@@ -10,14 +10,10 @@ from libcalico.netns import run
 from services.dataplane.commands import ExecRunner, Runner
 from services.dataplane.netns_loop import NetnsLoop
 from services.dataplane.owners.iptables import IptablesTable, detect_backend, parse_save
-from services.dataplane.sessions import SessionRunner
 
 pytestmark = pytest.mark.kernel
 
 BACKENDS = ["legacy", "nft"]
-# Every owner test runs with the driver's production writers too: on the nft backend those
-# are long-lived restore processes (the legacy backend always execs).
-WRITERS = ["exec", "session"]
 
 
 @pytest.fixture
@@ -25,19 +21,6 @@ def loop(netns: str) -> Iterator[NetnsLoop]:
     with NetnsLoop(netns) as nl:
         yield nl
 
-
-@pytest.fixture(params=WRITERS)
-def runner(request: pytest.FixtureRequest, loop: NetnsLoop) -> Iterator[Runner]:
-    if request.param == "exec":
-        yield ExecRunner()
-        return
-
-    async def make() -> SessionRunner:  # on the namespace's thread, as the driver does
-        return SessionRunner(ExecRunner())
-
-    sessions = loop.run(make())
-    yield sessions
-    loop.run(sessions.close())
 
 
 def _save(netns: str, backend: str, table: str = "filter") -> str:

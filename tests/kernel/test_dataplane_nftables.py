@@ -8,10 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from libcalico.netns import run
-from services.dataplane.commands import ExecRunner, Runner
+from services.dataplane.commands import Runner
 from services.dataplane.netns_loop import NetnsLoop
 from services.dataplane.owners.nftables import NftablesOwner, parse_list
-from services.dataplane.sessions import SessionRunner
 from services.policy import examples as ex
 from services.policy.compiler import PolicyCompiler
 
@@ -23,20 +22,6 @@ def loop(netns: str) -> Iterator[NetnsLoop]:
     with NetnsLoop(netns) as nl:
         yield nl
 
-
-@pytest.fixture(params=["exec", "libnftables"])
-def runner(request: pytest.FixtureRequest, loop: NetnsLoop) -> Iterator[Runner]:
-    """``nft`` execs, and the driver's production writer (one libnftables context)."""
-    if request.param == "exec":
-        yield ExecRunner()
-        return
-
-    async def make() -> SessionRunner:  # on the namespace's thread, as the driver does
-        return SessionRunner(ExecRunner())
-
-    sessions = loop.run(make())
-    yield sessions
-    loop.run(sessions.close())
 
 
 def _list(netns: str, fam: str = "ip") -> str:
