@@ -397,8 +397,10 @@ def event_loop_factory(
 
     ``CALICO_EVENT_LOOP=asyncio`` forces the default loop (to compare, or to rule uvloop out
     when chasing a bug); ``uvloop`` or unset picks uvloop when it can be imported. The node
-    agents pass ``allow_uvloop=False``: pyroute2's asyncio netlink sockets are datagram
-    endpoints of family AF_NETLINK, which uvloop refuses ("invalid family 16").
+    agents pass ``allow_uvloop=False``: the dataplane driver's pyroute2 netlink sockets are
+    datagram endpoints of family AF_NETLINK, which uvloop refuses ("invalid family 16"), and
+    both agents run child processes, which uvloop forks with gRPC's threads running where
+    asyncio's loop uses vfork. uvloop's gain is on the control-plane services' gRPC paths.
     """
     choice = os.environ.get(EVENT_LOOP_ENV, "").strip().lower()
     if choice == "asyncio" or not allow_uvloop:

@@ -71,4 +71,6 @@ async def amain() -> None:
 
 
 def main() -> None:
-    run_main(amain)
+    # BIRD and birdc are child processes: uvloop forks them with gRPC's threads running
+    # ("skipping fork() handlers"), where asyncio's loop uses vfork; stay on asyncio.
+    run_main(amain, allow_uvloop=False)
