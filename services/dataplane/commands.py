@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,23 +63,12 @@ class ExecRunner:
 
     async def run(self, argv: Sequence[str], input: str | None = None,
                   timeout: float = 60.0) -> Result:
-        if not trace.get_current_span().is_recording():
-            return await self._run(argv, input, timeout)
         tool = os.path.basename(argv[0])
-        attrs: dict[str, str | int] = {"calico.tool": tool, "calico.node": self.node,
-                                       "calico.lines": input.count("\n") if input else 0,
-                                       "calico.bytes": len(input.encode()) if input else 0}
-        if input and tool.startswith(("iptables", "ip6tables")):
-            attrs["calico.chains"] = sum(1 for line in input.splitlines()
-                                         if line.startswith(":"))
-        with get_tracer().start_as_current_span(f"exec {tool}", attributes=attrs) as span:
-            res = await self._run(argv, input, timeout)
-            if res.returncode != 0:
-                span.set_status(trace.StatusCode.ERROR, res.stderr.strip()[:200])
-            return res
+        return await record_write(self.stats, self.node, tool, input,
+                                  lambda: self._run(argv, input, timeout),
+                                  span_name=f"exec {tool}")
 
     async def _run(self, argv: Sequence[str], input: str | None, timeout: float) -> Result:
-        start = time.perf_counter()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -98,14 +87,39 @@ class ExecRunner:
             proc.kill()
             await proc.wait()
             return Result(-9, "", f"{argv[0]}: timed out after {timeout}s")
-        finally:
-            st = self.stats.setdefault(os.path.basename(argv[0]), ToolStats())
-            st.calls += 1
-            st.seconds += time.perf_counter() - start
-            if input:
-                st.input_lines += input.count("\n")
         return Result(proc.returncode or 0, out.decode(errors="replace"),
                       err.decode(errors="replace"))
+
+
+async def record_write(stats: dict[str, ToolStats], node: str, tool: str, text: str | None,
+                       write: Callable[[], Awaitable[Result]], *, span_name: str,
+                       label: str | None = None) -> Result:
+    """What every writer does around one write, whatever carries it (an exec, a long-lived
+    restore process, libnftables): count it under ``tool`` in ``stats`` and, inside a traced
+    apply, make it a ``span_name`` span with what it wrote (``calico.tool`` is ``label`` or
+    ``tool``; ``calico.chains`` counts chain headers of an ``iptables-restore`` input)."""
+    start = time.perf_counter()
+    try:
+        if not trace.get_current_span().is_recording():
+            return await write()
+        attrs: dict[str, str | int] = {
+            "calico.tool": label or tool, "calico.node": node,
+            "calico.lines": text.count("\n") if text else 0,
+            "calico.bytes": len(text.encode()) if text else 0,
+        }
+        if text and tool.startswith(("iptables", "ip6tables")):
+            attrs["calico.chains"] = sum(1 for line in text.splitlines() if line.startswith(":"))
+        with get_tracer().start_as_current_span(span_name, attributes=attrs) as span:
+            res = await write()
+            if res.returncode != 0:
+                span.set_status(trace.StatusCode.ERROR, res.stderr.strip()[:200])
+            return res
+    finally:
+        st = stats.setdefault(tool, ToolStats())
+        st.calls += 1
+        st.seconds += time.perf_counter() - start
+        if text:
+            st.input_lines += text.count("\n")
 
 
 # Tools parse numbers and messages; a stable locale keeps their output parseable.

@@ -24,17 +24,13 @@ import ctypes
 import ctypes.util
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from opentelemetry import trace
-
 from libcalico.cni.plumbing import setns
-from libcalico.runtime.telemetry import get_tracer
 
-from .commands import Result, Runner, ToolStats
+from .commands import Result, Runner, ToolStats, record_write
 
 _LIB_NAMES = ("libnftables.so.1", "libnftables.so")
 _lib: ctypes.CDLL | None = None
@@ -149,27 +145,10 @@ class NftSessionRunner:
             script = " ".join(args)
         else:  # flags the library has no buffer form for
             return await self.inner.run(argv, input, timeout)
-        if not trace.get_current_span().is_recording():
-            return await self._run(script)
-        attrs: dict[str, str | int] = {"calico.tool": "libnftables",
-                                       "calico.node": self.node,
-                                       "calico.lines": script.count("\n"),
-                                       "calico.bytes": len(script)}
-        with get_tracer().start_as_current_span("write libnftables", attributes=attrs) as span:
-            res = await self._run(script)
-            if res.returncode != 0:
-                span.set_status(trace.StatusCode.ERROR, res.stderr.strip()[:200])
-            return res
-
-    async def _run(self, script: str) -> Result:
-        start = time.perf_counter()
-        try:
-            return await self.session.run(script)  # type: ignore[union-attr]
-        finally:
-            st = self.stats.setdefault("nft", ToolStats())
-            st.calls += 1
-            st.seconds += time.perf_counter() - start
-            st.input_lines += script.count("\n")
+        session = self.session
+        return await record_write(self.stats, self.node, "nft", script,
+                                  lambda: session.run(script), span_name="write libnftables",
+                                  label="libnftables")
 
     async def close(self) -> None:
         if self.session is not None:

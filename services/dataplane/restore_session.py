@@ -28,16 +28,12 @@ import asyncio
 import os
 import re
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from opentelemetry import trace
-
 from libcalico.runtime.log import get_logger
-from libcalico.runtime.telemetry import get_tracer
 
-from .commands import TOOL_ENV, Result, Runner, ToolStats
+from .commands import TOOL_ENV, Result, Runner, ToolStats, record_write
 
 log = get_logger(__name__)
 
@@ -156,28 +152,8 @@ class RestoreSessionRunner:
         session = self.sessions.get(tool)
         if session is None:
             session = self.sessions[tool] = RestoreSession(tool)
-        if not trace.get_current_span().is_recording():
-            return await self._run(session, input, timeout)
-        attrs: dict[str, str | int] = {
-            "calico.tool": tool, "calico.node": self.node,
-            "calico.lines": input.count("\n"), "calico.bytes": len(input.encode()),
-            "calico.chains": sum(1 for line in input.splitlines() if line.startswith(":")),
-        }
-        with get_tracer().start_as_current_span(f"write {tool}", attributes=attrs) as span:
-            res = await self._run(session, input, timeout)
-            if res.returncode != 0:
-                span.set_status(trace.StatusCode.ERROR, res.stderr.strip()[:200])
-            return res
-
-    async def _run(self, session: RestoreSession, text: str, timeout: float) -> Result:
-        start = time.perf_counter()
-        try:
-            return await session.run(text, timeout)
-        finally:
-            st = self.stats.setdefault(session.tool, ToolStats())
-            st.calls += 1
-            st.seconds += time.perf_counter() - start
-            st.input_lines += text.count("\n")
+        return await record_write(self.stats, self.node, tool, input,
+                                  lambda: session.run(input, timeout), span_name=f"write {tool}")
 
     async def close(self) -> None:
         for session in self.sessions.values():
