@@ -58,10 +58,12 @@ from libcalico.runtime.telemetry import TRACER_NAME, context_from_traceparent
 __all__ = [
     "ERROR_METADATA_PREFIX",
     "UNTRACED_SERVICES",
+    "MethodInfo",
     "ServerInterceptor",
     "error_details_from_metadata",
     "error_metadata",
     "grpc_code_of",
+    "handler_error",
 ]
 
 ERROR_METADATA_PREFIX = "calico-error-"
@@ -144,8 +146,10 @@ def grpc_code_of(err: CalicoError) -> grpc.StatusCode:
 # --- per-method state ----------------------------------------------------------------------
 
 
-class _Method:
-    """What the interceptor needs about one method, computed once."""
+class MethodInfo:
+    """What the interceptor needs about one method, computed once. Also used by handlers that
+    run several calls inside one RPC (the datastore's Session stream), so each call gets the
+    span, metrics and logs a unary RPC of ``full_method`` would."""
 
     __slots__ = (
         "attributes",
@@ -179,6 +183,42 @@ class _Method:
             self.handled[code] = child
         child.inc()
 
+    def start_span(self, parent: Context) -> trace.Span:
+        return _tracer.start_span(
+            self.span_name, context=parent, kind=SpanKind.SERVER, attributes=self.attributes
+        )
+
+    def finish(self, start: float, code: grpc.StatusCode, span: trace.Span | None) -> None:
+        """Record a call that began at ``start`` (``perf_counter``) and ended with ``code``."""
+        self.seconds.observe(time.perf_counter() - start)
+        self.count(code)
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in SERVER_FAULT_CODES:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+            span.end()
+
+
+def handler_error(
+    exc: Exception, rpc: str, span: trace.Span | None
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """Status code, details and trailing metadata for an exception a handler raised, logged
+    as the interceptor logs it: a ``CalicoError`` keeps its code and its ``calico-error-*``
+    details; anything else is a bug, INTERNAL ``"<Type>: <text>"`` with its traceback."""
+    if isinstance(exc, CalicoError):
+        code = grpc_code_of(exc)
+        if code in SERVER_FAULT_CODES:
+            _log.error("rpc failed", rpc=rpc, code=code.name, error=str(exc),
+                       exc_info=code is grpc.StatusCode.INTERNAL)  # fmt: skip
+        else:
+            _log.debug("rpc refused", rpc=rpc, code=code.name, error=str(exc))
+        return code, _truncate(exc.message, _MAX_DETAILS_CHARS), error_metadata(exc)
+    if span is not None:
+        span.record_exception(exc)
+    _log.error("unhandled exception in rpc", rpc=rpc, error=repr(exc), exc_info=True)
+    return (grpc.StatusCode.INTERNAL,
+            _truncate(f"{type(exc).__name__}: {exc}", _MAX_DETAILS_CHARS), ())  # fmt: skip
+
 
 def _parent_context(metadata: Sequence[tuple[str, Any]] | None) -> Context:
     traceparent = ""
@@ -198,7 +238,7 @@ class _Rpc:
 
     __slots__ = ("code", "ctx", "info", "span", "start")
 
-    def __init__(self, info: _Method, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(self, info: MethodInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.info = info
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
@@ -206,9 +246,7 @@ class _Rpc:
         self.ctx: Context | None = None
         if info.traced:
             parent = _parent_context(context.invocation_metadata())
-            self.span = _tracer.start_span(
-                info.span_name, context=parent, kind=SpanKind.SERVER, attributes=info.attributes
-            )
+            self.span = info.start_span(parent)
             self.ctx = trace.set_span_in_context(self.span, parent)
 
     def attach(self) -> object | None:
@@ -227,23 +265,6 @@ class _Rpc:
         self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
     ) -> NoReturn:
         """Map the handler's exception to a status; always raises."""
-        if isinstance(exc, CalicoError):
-            code = grpc_code_of(exc)
-            self.code = code
-            name = self.info.span_name
-            if code in SERVER_FAULT_CODES:
-                _log.error(
-                    "rpc failed",
-                    rpc=name,
-                    code=code.name,
-                    error=str(exc),
-                    exc_info=code is grpc.StatusCode.INTERNAL,
-                )
-            else:
-                _log.debug("rpc refused", rpc=name, code=code.name, error=str(exc))
-            details = _truncate(exc.message, _MAX_DETAILS_CHARS)
-            await context.abort(code, details, trailing_metadata=error_metadata(exc))
-            raise AssertionError("context.abort returned")  # pragma: no cover
         if isinstance(exc, grpc.aio.AbortError):
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise exc
@@ -253,29 +274,12 @@ class _Rpc:
         if not isinstance(exc, Exception):
             self.code = grpc.StatusCode.UNKNOWN
             raise exc
-        self.code = grpc.StatusCode.INTERNAL
-        if self.span is not None:
-            self.span.record_exception(exc)
-        _log.error(
-            "unhandled exception in rpc", rpc=self.info.span_name, error=repr(exc), exc_info=True
-        )
-        await context.abort(
-            grpc.StatusCode.INTERNAL,
-            _truncate(f"{type(exc).__name__}: {exc}", _MAX_DETAILS_CHARS),
-        )
+        self.code, details, trailers = handler_error(exc, self.info.span_name, self.span)
+        await context.abort(self.code, details, trailing_metadata=trailers)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     def finish(self) -> None:
-        code = self.code
-        info = self.info
-        info.seconds.observe(time.perf_counter() - self.start)
-        info.count(code)
-        span = self.span
-        if span is not None:
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in SERVER_FAULT_CODES:
-                span.set_status(Status(StatusCode.ERROR, code.name))
-            span.end()
+        self.info.finish(self.start, self.code, self.span)
 
 
 # --- behaviour wrappers --------------------------------------------------------------------
@@ -283,7 +287,7 @@ class _Rpc:
 _Behaviour = Callable[..., Any]
 
 
-def _wrap_coroutine(behaviour: _Behaviour, info: _Method) -> _Behaviour:
+def _wrap_coroutine(behaviour: _Behaviour, info: MethodInfo) -> _Behaviour:
     """unary-unary, stream-unary, and streaming handlers written with ``context.write``."""
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -302,7 +306,7 @@ def _wrap_coroutine(behaviour: _Behaviour, info: _Method) -> _Behaviour:
     return wrapper
 
 
-def _wrap_async_gen(behaviour: _Behaviour, info: _Method) -> _Behaviour:
+def _wrap_async_gen(behaviour: _Behaviour, info: MethodInfo) -> _Behaviour:
     """unary-stream and stream-stream handlers that are async generators."""
 
     async def wrapper(
@@ -340,7 +344,7 @@ async def _close_quietly(responses: AsyncIterator[Any]) -> None:
         pass
 
 
-def _wrap(behaviour: _Behaviour | None, info: _Method) -> _Behaviour | None:
+def _wrap(behaviour: _Behaviour | None, info: MethodInfo) -> _Behaviour | None:
     if behaviour is None:
         return None
     if inspect.isasyncgenfunction(behaviour):
@@ -350,7 +354,7 @@ def _wrap(behaviour: _Behaviour | None, info: _Method) -> _Behaviour | None:
     return behaviour
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, info: _Method) -> grpc.RpcMethodHandler:
+def _wrap_handler(handler: grpc.RpcMethodHandler, info: MethodInfo) -> grpc.RpcMethodHandler:
     deser, ser = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(_wrap(handler.unary_unary, info), deser, ser)
@@ -368,7 +372,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self._methods: dict[str, _Method] = {}
+        self._methods: dict[str, MethodInfo] = {}
         # method -> (handler we were given, our wrapped copy); handlers are usually the same
         # object on every call, so wrapping happens once per method.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -387,7 +391,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return cached[1]
         info = self._methods.get(method)
         if info is None:
-            info = self._methods[method] = _Method(method, self.service)
+            info = self._methods[method] = MethodInfo(method, self.service)
         wrapped = _wrap_handler(handler, info)
         self._wrapped[method] = (handler, wrapped)
         return wrapped

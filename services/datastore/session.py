@@ -19,8 +19,8 @@ What a call on a session gets is what its unary RPC gets from the runtime's inte
   method's labels;
 - a ``libcalico.errors`` exception becomes ``SessionError`` with the status code name, the
   message and exactly the ``calico-error-*`` metadata the interceptor would put in trailers
-  (its own ``error_metadata``); any other exception is logged with its traceback and becomes
-  INTERNAL ``"<Type>: <text>"``.
+  (its own ``MethodInfo`` and ``handler_error`` do all of this); any other exception is
+  logged with its traceback and becomes INTERNAL ``"<Type>: <text>"``.
 
 Concurrency: each call runs as its own task, at most ``max_in_flight`` per session (the reader
 stops reading while that many run, so gRPC flow control pushes back on the client). The handler
@@ -45,15 +45,10 @@ import grpc.aio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libcalico.api.datastore.v1 import datastore_pb2 as pb
-from libcalico.errors import CalicoError
-from libcalico.runtime.interceptors import SERVER_FAULT_CODES, error_metadata, grpc_code_of
-from libcalico.runtime.jsonl_exporter import SERVICE_ATTRIBUTE
-from libcalico.runtime.log import get_logger
-from libcalico.runtime.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
-from libcalico.runtime.telemetry import TRACER_NAME, context_from_traceparent
+from libcalico.runtime.interceptors import MethodInfo, handler_error
+from libcalico.runtime.telemetry import context_from_traceparent
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "GRPC_SERVICE", "SessionHub"]
 
@@ -61,12 +56,6 @@ GRPC_SERVICE: str = pb.DESCRIPTOR.services_by_name["Datastore"].full_name
 DEFAULT_MAX_IN_FLIGHT = 256
 #: Results per response message. Lists are sent on their own (they may be large).
 MAX_RESULTS_PER_MESSAGE = 256
-#: Status details are cut to this length, as the interceptor cuts them.
-MAX_MESSAGE_CHARS = 2000
-
-_log = get_logger(__name__)
-# A proxy until setup_tracing installs the provider; fetched once, not per call.
-_tracer = trace.get_tracer(TRACER_NAME)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -86,38 +75,16 @@ _LARGE_RESULTS = frozenset({"list", "kv_list"})
 
 
 class _Op:
-    """What a session needs about one operation, computed once (like the interceptor's
-    per-method state)."""
+    """One operation: the interceptor's per-method state for its unary method (span name and
+    attributes, metric children), its servicer handler, and where its response goes."""
 
-    __slots__ = ("attributes", "handled", "handler", "large", "method", "result_field",
-                 "seconds", "span_name")  # fmt: skip
+    __slots__ = ("handler", "info", "large", "result_field")
 
     def __init__(self, method: str, result_field: str, handler: Handler, process: str) -> None:
-        self.method = method
+        self.info = MethodInfo(f"/{GRPC_SERVICE}/{method}", process)
         self.result_field = result_field
         self.handler = handler
         self.large = result_field in _LARGE_RESULTS
-        self.span_name = f"{GRPC_SERVICE}/{method}"
-        self.attributes: dict[str, str] = {
-            "rpc.system": "grpc",
-            "rpc.service": GRPC_SERVICE,
-            "rpc.method": method,
-            SERVICE_ATTRIBUTE: process,
-        }
-        self.seconds = GRPC_SERVER_HANDLING_SECONDS.labels(GRPC_SERVICE, method)
-        self.handled: dict[grpc.StatusCode, Any] = {}
-
-    def count(self, code: grpc.StatusCode) -> None:
-        child = self.handled.get(code)
-        if child is None:
-            child = self.handled[code] = GRPC_SERVER_HANDLED.labels(
-                GRPC_SERVICE, self.method, code.name
-            )
-        child.inc()
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class SessionHub:
@@ -255,50 +222,30 @@ class _Session:
             self._slots.release()
 
     async def _run(self, op: _Op, call: pb.SessionCall, request: Any) -> pb.SessionResult:
-        """One call with its span and metrics; mirrors the interceptor's unary wrapper."""
+        """One call with the span, metrics and error mapping a unary RPC gets."""
         start = time.perf_counter()
         parent = (
             context_from_traceparent(call.traceparent, call.tracestate)
             if call.traceparent
             else Context()
         )
-        span = _tracer.start_span(
-            op.span_name, context=parent, kind=SpanKind.SERVER, attributes=op.attributes
-        )
+        span = op.info.start_span(parent)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         code = grpc.StatusCode.OK
         result = pb.SessionResult(id=call.id)
         try:
             response = await op.handler(request, None)
             getattr(result, op.result_field).CopyFrom(response)
-        except CalicoError as exc:
-            code = grpc_code_of(exc)
-            if code in SERVER_FAULT_CODES:
-                _log.error("rpc failed", rpc=op.span_name, code=code.name, error=str(exc),
-                           exc_info=code is grpc.StatusCode.INTERNAL)  # fmt: skip
-            else:
-                _log.debug("rpc refused", rpc=op.span_name, code=code.name, error=str(exc))
-            err = result.error
-            err.code = code.name
-            err.message = _truncate(exc.message, MAX_MESSAGE_CHARS)
-            err.metadata.update(error_metadata(exc))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            span.record_exception(exc)
-            _log.error("unhandled exception in rpc", rpc=op.span_name, error=repr(exc),
-                       exc_info=True)  # fmt: skip
+            code, message, trailers = handler_error(exc, op.info.span_name, span)
             err = result.error
             err.code = code.name
-            err.message = _truncate(f"{type(exc).__name__}: {exc}", MAX_MESSAGE_CHARS)
+            err.message = message
+            err.metadata.update(trailers)
         finally:
             otel_context.detach(token)
-            op.seconds.observe(time.perf_counter() - start)
-            op.count(code)
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in SERVER_FAULT_CODES:
-                span.set_status(Status(StatusCode.ERROR, code.name))
-            span.end()
+            op.info.finish(start, code, span)
         return result
