@@ -47,7 +47,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from libcalico.api.datastore.v1 import datastore_pb2 as pb
 from libcalico.api.datastore.v1 import datastore_pb2_grpc as pb_grpc
@@ -59,7 +59,7 @@ from libcalico.client.session import (
     error_from_result,
 )
 from libcalico.errors import UnavailableError
-from libcalico.runtime.channel import DEFAULT_CHANNEL_OPTIONS, make_channel
+from libcalico.runtime.channel import DEFAULT_CHANNEL_OPTIONS, make_channel, start_client_span
 from libcalico.runtime.log import get_logger
 from libcalico.runtime.telemetry import TRACER_NAME, inject_headers
 
@@ -268,16 +268,7 @@ class DatastoreClient:
         return await getattr(self.stub, method)(request, timeout=self.timeout)
 
     async def _over_session(self, op: str, method: str, request: Any, size: int) -> Any:
-        span = _tracer.start_span(
-            f"{GRPC_SERVICE}/{method}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": GRPC_SERVICE,
-                "rpc.method": method,
-                "server.address": self.target,
-            },
-        )
+        span = start_client_span(_tracer, GRPC_SERVICE, method, self.target)
         # The server's span is the child of ours, or of the caller's when we do not record
         # (no tracer provider), as make_channel's interceptor arranges for unary calls.
         carrier: dict[str, str] = {}

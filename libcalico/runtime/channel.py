@@ -107,6 +107,22 @@ def to_domain_error(
 _Convert = Callable[[grpc.aio.AioRpcError], CalicoError]
 
 
+
+def start_client_span(tracer: trace.Tracer, service: str, method: str, target: str) -> trace.Span:
+    """The CLIENT span of one call of ``service/method`` to ``target``, with the attributes
+    OpenTelemetry's RPC conventions give it; whatever carries the call (a unary RPC here, a
+    message on the datastore's Session stream)."""
+    return tracer.start_span(
+        f"{service}/{method}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": method,
+            "server.address": target,
+        },
+    )
+
 class _Delegate:
     """Everything a grpc.aio call offers, forwarded to the real call."""
 
@@ -270,18 +286,8 @@ class _Base:
                 err, target=self.target, service=self.service, method=method_name
             )
 
-        name = method_name.lstrip("/")
-        service, _, rpc_method = name.partition("/")
-        span = self._tracer.start_span(
-            name,
-            kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": rpc_method,
-                "server.address": self.target,
-            },
-        )
+        service, _, rpc_method = method_name.lstrip("/").partition("/")
+        span = start_client_span(self._tracer, service, rpc_method, self.target)
         if not span.is_recording():
             return details, None, convert
         carrier: dict[str, str] = {}
