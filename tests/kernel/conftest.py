@@ -59,18 +59,24 @@ def netns(topology: Topology) -> str:
     return topology.add_host("h").netns
 
 
-@pytest.fixture(params=["exec", "session"])
-def runner(request: pytest.FixtureRequest, loop: NetnsLoop) -> Iterator[Runner]:
-    """Each rule-owner test runs twice: with one exec per write, and with the driver's
-    production writers (``SessionRunner``: long-lived nft-backend restores, one libnftables
-    context). Needs the test module's ``loop``, a ``NetnsLoop`` in its namespace."""
-    if request.param == "exec":
-        yield ExecRunner()
-        return
-
-    async def make() -> SessionRunner:  # on the namespace's thread, as the driver does
+@pytest.fixture
+def session_runner(loop: NetnsLoop) -> Iterator[SessionRunner]:
+    """The driver's production writers (long-lived nft-backend restores, one libnftables
+    context), built on the namespace's thread as the driver builds them. Needs the test
+    module's ``loop``, a ``NetnsLoop`` in its namespace."""
+    async def make() -> SessionRunner:
         return SessionRunner(ExecRunner())
 
     sessions = loop.run(make())
     yield sessions
     loop.run(sessions.close())
+
+
+@pytest.fixture(params=["exec", "session"])
+def runner(request: pytest.FixtureRequest) -> Runner:
+    """Each rule-owner test runs twice: with one exec per write, and with the driver's
+    production writers."""
+    if request.param == "exec":
+        return ExecRunner()
+    sessions: SessionRunner = request.getfixturevalue("session_runner")
+    return sessions

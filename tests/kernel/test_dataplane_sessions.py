@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from libcalico.netns import run
-from services.dataplane.commands import ExecRunner
 from services.dataplane.libnft import load_library
 from services.dataplane.netns_loop import NetnsLoop
 from services.dataplane.sessions import SessionRunner
@@ -22,13 +21,8 @@ def loop(netns: str) -> Iterator[NetnsLoop]:
 
 
 @pytest.fixture
-def sessions(loop: NetnsLoop) -> Iterator[SessionRunner]:
-    async def make() -> SessionRunner:
-        return SessionRunner(ExecRunner())
-
-    runner = loop.run(make())
-    yield runner
-    loop.run(runner.close())
+def sessions(session_runner: SessionRunner) -> SessionRunner:
+    return session_runner
 
 
 def _batch(chain: str, rule: str = "-j ACCEPT") -> str:
