@@ -44,6 +44,11 @@ and the temp dir removed.
 
 from __future__ import annotations
 
+# Before anything loads grpc: importing libcalico picks gRPC core's I/O engine for this
+# process, as in every calico-py process (libcalico.grpc_engine).
+import libcalico  # noqa: F401
+
+# isort: split
 import argparse
 import asyncio
 import ipaddress

@@ -30,6 +30,11 @@ Example::
 
 from __future__ import annotations
 
+# Before anything loads grpc: importing libcalico picks gRPC core's I/O engine for this
+# process, as in every calico-py process (libcalico.grpc_engine).
+import libcalico  # noqa: F401
+
+# isort: split
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
