@@ -41,6 +41,7 @@ above the same call with no interceptors.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any
 
@@ -72,10 +73,14 @@ for _cls in ERROR_CLASSES.values():
     _CLASS_FOR_CODE.setdefault(_cls.grpc_code, _cls)
 
 
+_ERRNO_SUFFIX = re.compile(r"\s*\(\d+\)$")
+
+
 def _unavailable_reason(details: str) -> str:
     """``connection refused`` out of gRPC's 'failed to connect to all addresses; last error:
-    UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused'."""
-    text = (details or "").rsplit(": ", 1)[-1].strip()
+    UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused', or out of
+    iomgr's '...: connect: Connection refused (111)' (the errno is noise to a user)."""
+    text = _ERRNO_SUFFIX.sub("", (details or "").rsplit(": ", 1)[-1].strip())
     return text[:1].lower() + text[1:] if text else "unavailable"
 
 
