@@ -9,8 +9,10 @@ What it does:
    ``calico-ipam-service`` processes on unix sockets: one reaching etcd through the datastore
    service (the deployed shape) and one with ``etcd_endpoints`` (straight to etcd), and
    creates two IPv4 pools (/12s of /26 blocks) through the datastore;
-2. **raw etcd** from this process, on block-sized JSON values (a /26 block with 8
-   allocations):
+2. **raw etcd** from this process, writing the values the allocations write: a /26 block
+   JSON holding 1, 2, ... 64 allocations, each under its own handle with the bench's
+   attributes, in turn (827 B to 7.4 kB; etcd's cost grows with the value, ~13% from 1 kB
+   to 4 kB here, so a fixed small value would flatter the floor):
    - *CAS*: one Txn that compares the key's mod revision and puts the value, the revision
      known from the previous write -- exactly the one round trip an allocation into a cached
      affine block costs the allocator. Sequentially, and ``--inflight`` at a time (one key
@@ -27,7 +29,8 @@ What it does:
    every call's latency is kept for p50/p99;
 4. **floor**: ``services.ipam.cas_echo``, a service run exactly like the IPAM service (same
    runtime, interceptor, spans, metrics, event loop) whose one RPC does one raw CAS txn
-   through the same ``EtcdKVStore`` and nothing else, called sequentially: what an
+   through the same ``EtcdKVStore`` and nothing else (values of the same sizes, in the same
+   turn), called sequentially: what an
    allocation costs with a free allocator. ``affine / floor`` tells the allocator's own cost
    apart from the cost of the two gRPC hops (bench -> service -> etcd);
 5. **plugin**: ``--plugin`` runs of the ``calico-ipam`` binary (ADD, cniVersion 1.0.0) one
@@ -130,20 +133,29 @@ async def timed_workers_each(
 # -- floor ---------------------------------------------------------------------------------------
 
 
-def block_value(i: int) -> bytes:
-    block = Block.new(ipaddress.ip_network(f"10.0.{i % 256}.0/26"), f"node-{i}")
-    block.auto_assign(8, f"k8s-pod-network.{i}", {"node": f"node-{i}", "timestamp": "x"})
-    return block.to_json()
+def block_values() -> list[bytes]:
+    """What the affine phase writes to one block, in order: the block's JSON after its 1st,
+    2nd, ... 64th allocation, each under its own handle with the attributes AutoAssign gets."""
+    node = "a0-etcd-direct-affine"
+    block = Block.new(ipaddress.ip_network("10.96.0.0/26"), node)
+    values: list[bytes] = []
+    for i in range(block.size):
+        block.auto_assign(1, f"k8s-pod-network.a0-{i}", {"node": node, "timestamp": "bench"})
+        values.append(block.to_json())
+    return values
+
+
+BLOCK_VALUES = block_values()
 
 
 async def raw_cas_round(
     kv: EtcdKVStore, tag: str, count: int, inflight: int
 ) -> tuple[float, list[float]]:
     """Compare-and-swap transactions, each worker on its own key with its revision known."""
-    value = block_value(1)
+    values = BLOCK_VALUES
     revs: dict[int, int] = {}
     for k in range(max(inflight, 1)):
-        revs[k] = (await kv.txn([], [Put(f"/bench/cas/{tag}/{k}", value)])).revision
+        revs[k] = (await kv.txn([], [Put(f"/bench/cas/{tag}/{k}", values[0])])).revision
     owner = iter(range(max(inflight, 1)))
 
     async def cas_worker() -> Callable[[int], Awaitable[None]]:
@@ -151,7 +163,7 @@ async def raw_cas_round(
         key = f"/bench/cas/{tag}/{me}"
 
         async def cas(i: int) -> None:
-            res = await kv.txn([(key, revs[me])], [Put(key, value)])
+            res = await kv.txn([(key, revs[me])], [Put(key, values[i % len(values)])])
             if not res.succeeded:
                 raise RuntimeError("raw CAS lost a race it cannot have")
             revs[me] = res.revision
@@ -165,17 +177,17 @@ async def raw_pair_round(
     kv: EtcdKVStore, tag: str, count: int, inflight: int
 ) -> tuple[float, list[float]]:
     """Read then compare-and-swap (Calico's Go client's shape), keys shared by workers."""
-    value = block_value(1)
+    values = BLOCK_VALUES
     nkeys = max(inflight, 1) * 4
     for k in range(nkeys):
-        await kv.txn([], [Put(f"/bench/raw/{tag}/{k}", value)])
+        await kv.txn([], [Put(f"/bench/raw/{tag}/{k}", values[0])])
 
     async def pair(i: int) -> None:
         key = f"/bench/raw/{tag}/{i % nkeys}"
         for _ in range(100):
             cur = await kv.get(key)
             assert cur is not None
-            res = await kv.txn([(key, cur.mod_revision)], [Put(key, value)])
+            res = await kv.txn([(key, cur.mod_revision)], [Put(key, values[i % len(values)])])
             if res.succeeded:
                 return
         raise RuntimeError("raw CAS kept failing")
@@ -305,7 +317,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         echo = ServiceProcess("calico-cas-echo", "services.ipam.cas_echo", work / "echo.sock", {
             "CALICO_CAS_ECHO_LISTEN": f"unix://{work / 'echo.sock'}",
             "CALICO_CAS_ECHO_ETCD": etcd.endpoint,
-            "CALICO_CAS_ECHO_VALUE_BYTES": str(len(block_value(1))),
+            "CALICO_CAS_ECHO_VALUE_SIZES": ",".join(str(len(v)) for v in BLOCK_VALUES),
         })
         await echo.start()
         started.append(echo)
@@ -398,6 +410,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 name: round(rows[f"{name}-affine"]["per_s"] / rows["floor-seq"]["per_s"], 3)
                 for name in services
             },
+            "block_value_bytes": {
+                "min": min(len(v) for v in BLOCK_VALUES),
+                "mean": round(statistics.mean(len(v) for v in BLOCK_VALUES)),
+                "max": max(len(v) for v in BLOCK_VALUES),
+            },
             "etcd_version": etcd_version(etcd.binary),
             "cpus": os.cpu_count(),
         }
@@ -443,6 +460,9 @@ def table(r: dict[str, Any]) -> str:
         f"ipam bench: {r['sequential']} sequential / {r['concurrent']} concurrent allocations "
         f"per round, {r['raw_ops']} raw operations, best of {r['rounds']} rounds, "
         f"{r['cpus']} CPUs, etcd {r['etcd_version']}",
+        "raw CAS and floor values: the block JSON the allocations write, "
+        f"{r['block_value_bytes']['min']}-{r['block_value_bytes']['max']} B "
+        f"(mean {r['block_value_bytes']['mean']} B)",
         "",
     ]
     for row in all_rows:

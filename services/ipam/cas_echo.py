@@ -6,7 +6,9 @@
 It runs exactly like ``calico-ipam-service`` (``run_main``, the runtime's ``Server`` with its
 interceptor, spans and metrics, the same event loop) and its handler does what an allocation
 into a cached affine block does on the wire -- one Txn comparing a key's mod revision and
-putting a block-sized value, through ``EtcdKVStore`` -- and nothing else: no allocator, no
+putting a block-sized value, through ``EtcdKVStore`` -- and nothing else (the values' sizes
+come from ``CALICO_CAS_ECHO_VALUE_SIZES``, comma-separated bytes used in turn, so the bench can
+match what its allocations write): no allocator, no
 protobuf beyond the raw bytes. An AutoAssign can be no faster than this; the bench prints both
 so the allocator's own cost and the cost of the two gRPC hops are told apart.
 """
@@ -14,6 +16,7 @@ so the allocator's own cost and the cost of the two gRPC hops are told apart.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import grpc
 import grpc.aio
@@ -29,15 +32,18 @@ KEY = "/bench/cas-echo"
 class CasEcho:
     """Compare-and-swap ``KEY`` on each call, the revision known from the previous write."""
 
-    def __init__(self, kv: EtcdKVStore, value: bytes) -> None:
+    def __init__(self, kv: EtcdKVStore, values: Sequence[bytes]) -> None:
         self.kv = kv
-        self.value = value
+        self.values = values
+        self.calls = 0
         self.revision = 0
 
     async def cas(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        value = self.values[self.calls % len(self.values)]
+        self.calls += 1
         if not self.revision:
-            self.revision = (await self.kv.txn([], [Put(KEY, self.value)])).revision
-        res = await self.kv.txn([(KEY, self.revision)], [Put(KEY, self.value)])
+            self.revision = (await self.kv.txn([], [Put(KEY, value)])).revision
+        res = await self.kv.txn([(KEY, self.revision)], [Put(KEY, value)])
         if not res.succeeded:  # another echo server on the same etcd: take its revision
             self.revision = res.current[0].mod_revision if res.current else 0
             return b"lost"
@@ -54,11 +60,12 @@ class CasEcho:
 async def amain() -> None:
     listen = os.environ["CALICO_CAS_ECHO_LISTEN"]
     etcd = os.environ["CALICO_CAS_ECHO_ETCD"]
-    size = int(os.environ.get("CALICO_CAS_ECHO_VALUE_BYTES", "2048"))
+    sizes = os.environ.get("CALICO_CAS_ECHO_VALUE_SIZES", "2048")
+    values = [b"x" * int(size) for size in sizes.split(",")]
     setup_logging("cas-echo", os.environ.get("CALICO_CAS_ECHO_LOG_LEVEL", "WARNING"))
     setup_tracing("cas-echo")
     kv = EtcdKVStore.from_endpoint(etcd)
-    echo = CasEcho(kv, b"x" * size)
+    echo = CasEcho(kv, values)
     try:
         await serve(ServerSpec(service="cas-echo", listen=[listen], register=echo.register,
                                service_names=[SERVICE]))

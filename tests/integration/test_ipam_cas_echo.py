@@ -17,7 +17,7 @@ async def test_each_call_is_one_compare_and_swap(etcd: EtcdServer, tmp_path: Pat
     proc = ServiceProcess("calico-cas-echo", "services.ipam.cas_echo", sock, {
         "CALICO_CAS_ECHO_LISTEN": f"unix://{sock}",
         "CALICO_CAS_ECHO_ETCD": etcd.endpoint,
-        "CALICO_CAS_ECHO_VALUE_BYTES": "100",
+        "CALICO_CAS_ECHO_VALUE_SIZES": "100,200",
     })
     kv = EtcdKVStore.from_endpoint(etcd.endpoint)
     try:
@@ -26,10 +26,13 @@ async def test_each_call_is_one_compare_and_swap(etcd: EtcdServer, tmp_path: Pat
             assert await call(b"", timeout=10) == b""
             first = await kv.get(cas_echo.KEY)
             assert first is not None and first.value == b"x" * 100
-            for _ in range(3):
+            assert await call(b"", timeout=10) == b""
+            second = await kv.get(cas_echo.KEY)
+            assert second is not None and second.value == b"x" * 200  # the sizes in turn
+            for _ in range(2):
                 assert await call(b"", timeout=10) == b""
             last = await kv.get(cas_echo.KEY)
-            assert last is not None
+            assert last is not None and last.value == b"x" * 200
             # One write per call (the first call also created the key).
             assert last.mod_revision - first.mod_revision == 3
             assert last.create_revision == first.create_revision
