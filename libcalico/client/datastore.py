@@ -58,7 +58,7 @@ from libcalico.client.session import (
     SessionUnsupported,
     error_from_result,
 )
-from libcalico.errors import UnavailableError
+from libcalico.errors import CalicoError, UnavailableError
 from libcalico.runtime.channel import DEFAULT_CHANNEL_OPTIONS, make_channel, start_client_span
 from libcalico.runtime.log import get_logger
 from libcalico.runtime.telemetry import TRACER_NAME, inject_headers
@@ -307,18 +307,22 @@ class DatastoreClient:
             span.end()
 
     async def _send(self, call: pb.SessionCall, size: int) -> pb.SessionResult:
+        cause: CalicoError | None = None
         for _ in range(_MAX_RESENDS):
             future = self._open_stream().submit(call, size)
             try:
                 if self.timeout is None:
                     return await future
                 return await asyncio.wait_for(future, self.timeout)
-            except NotSent:
+            except NotSent as exc:
+                cause = exc.cause
                 continue
             except TimeoutError:
                 raise UnavailableError(
                     f"the datastore at {self.target} did not answer in time: Deadline Exceeded"
                 ) from None
+        if cause is not None:  # the stream kept failing (nobody listens): say why
+            raise cause
         raise UnavailableError(
             f"the datastore at {self.target} kept ending the session before reading the request"
         )

@@ -7,8 +7,9 @@ opens it on first use and opens a new one after a failure.
 
 How a call ends when the stream does not:
 
-- **never sent** (still queued here when the stream failed, or the server ended the stream
-  with OK without answering it — the server only does that for calls it never read):
+- **never sent** (still queued here when the stream failed, its write failed because the
+  stream had already ended, or the server ended the stream with OK without answering it —
+  the server only does that for calls it never read):
   ``NotSent``; the caller sends it again on a new stream;
 - **the server has no Session** (UNIMPLEMENTED): ``SessionUnsupported``; the call was not run,
   the caller uses the unary RPC instead;
@@ -51,7 +52,12 @@ class SessionUnsupported(Exception):
 
 
 class NotSent(Exception):
-    """The call never reached the server's handler; sending it again is safe."""
+    """The call never reached the server's handler; sending it again is safe. ``cause`` is
+    why the stream ended, when it failed (what to report if sending again keeps failing)."""
+
+    def __init__(self, cause: CalicoError | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
 
 
 def error_from_result(
@@ -97,6 +103,8 @@ class SessionStream:
         self._call: Any = method()
         self._futures: dict[int, asyncio.Future[pb.SessionResult]] = {}
         self._outbox: list[tuple[pb.SessionCall, int]] = []
+        #: Ids of calls whose write failed: never sent, whatever the stream's status says.
+        self._unwritten: set[int] = set()
         self._wake = asyncio.Event()
         #: Set once the stream has failed or been closed; no call is accepted after that.
         self.broken = False
@@ -146,9 +154,17 @@ class SessionStream:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox:
-                    await call.write(pb.SessionRequest(calls=self._next_batch()))
-        except grpc.aio.AioRpcError as err:
-            self._broke(err)
+                    batch = self._next_batch()
+                    try:
+                        await call.write(pb.SessionRequest(calls=batch))
+                    except grpc.aio.AioRpcError:
+                        # gRPC core fails a send only when the call has already ended (the
+                        # server closed the stream, or the connection went), so this batch was
+                        # never written: it may be sent again. On iomgr's poller that failure
+                        # can even land before the server's own status and overwrite it with
+                        # INTERNAL; the reader reports the stream's end either way.
+                        self._unwritten.update(c.id for c in batch)
+                        return
         except (grpc.aio.UsageError, asyncio.InvalidStateError):
             # Written after the call ended: the reader has (or will have) its status.
             pass
@@ -184,7 +200,7 @@ class SessionStream:
             self._fail(SessionUnsupported, SessionUnsupported)
             return
 
-        def unavailable() -> BaseException:
+        def unavailable() -> UnavailableError:
             mapped = to_domain_error(
                 err, target=self.target, service=self.service, method=SESSION_METHOD
             )
@@ -195,7 +211,7 @@ class SessionStream:
                 "the request may or may not have been applied"
             )
 
-        self._fail(unavailable, NotSent)
+        self._fail(unavailable, lambda: NotSent(unavailable()))
 
     def _fail(
         self,
@@ -207,7 +223,7 @@ class SessionStream:
         if self.broken:
             return
         self.broken = True
-        unsent = {call.id for call, _ in self._outbox}
+        unsent = {call.id for call, _ in self._outbox} | self._unwritten
         self._outbox.clear()
         futures, self._futures = self._futures, {}
         for call_id, future in futures.items():
