@@ -1,7 +1,7 @@
-"""The server-side gRPC interceptor: trace context, domain errors → status, metrics.
+"""The server side of every RPC: trace context, domain errors → status, metrics.
 
-One ``ServerInterceptor`` per server wraps the behaviour function of every method handler
-(all four arities), so the work happens inside the handler's own task:
+``InstrumentedServer`` wraps the behaviour function of every method handler (all four
+arities) once, as it is registered, so the work happens inside the handler's own task:
 
 1. **Tracing.** ``traceparent``/``tracestate`` from the invocation metadata become the parent
    of a SERVER span named ``<package.Service>/<Method>`` with ``rpc.system``, ``rpc.service``,
@@ -58,8 +58,8 @@ from libcalico.runtime.telemetry import TRACER_NAME, context_from_traceparent
 __all__ = [
     "ERROR_METADATA_PREFIX",
     "UNTRACED_SERVICES",
+    "InstrumentedServer",
     "MethodInfo",
-    "ServerInterceptor",
     "error_details_from_metadata",
     "error_metadata",
     "grpc_code_of",
@@ -147,7 +147,7 @@ def grpc_code_of(err: CalicoError) -> grpc.StatusCode:
 
 
 class MethodInfo:
-    """What the interceptor needs about one method, computed once. Also used by handlers that
+    """What wrapping a method needs about it, computed once. Also used by handlers that
     run several calls inside one RPC (the datastore's Session stream), so each call gets the
     span, metrics and logs a unary RPC of ``full_method`` would."""
 
@@ -367,31 +367,82 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, info: MethodInfo) -> grpc.RpcM
     return handler
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Tracing, error mapping and metrics for every RPC of one server (see module docstring)."""
+class _InstrumentedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler whose method handlers come back wrapped; each method is wrapped once
+    (handlers are usually the same object on every call) and again only if it changes."""
 
-    def __init__(self, service: str) -> None:
-        self.service = service
-        self._methods: dict[str, MethodInfo] = {}
-        # method -> (handler we were given, our wrapped copy); handlers are usually the same
-        # object on every call, so wrapping happens once per method.
+    def __init__(
+        self,
+        inner: grpc.GenericRpcHandler,
+        instrument: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+    ) -> None:
+        self._inner = inner
+        self._instrument = instrument
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
         method: str = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        info = self._methods.get(method)
-        if info is None:
-            info = self._methods[method] = MethodInfo(method, self.service)
-        wrapped = _wrap_handler(handler, info)
+        wrapped = self._instrument(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class InstrumentedServer(grpc.aio.Server):  # type: ignore[misc]
+    """A ``grpc.aio`` server whose method handlers are wrapped with the runtime's tracing, error
+    mapping and metrics (see module docstring) as they are registered.
+
+    Why at registration and not as a ``grpc.aio.ServerInterceptor``: grpc.aio awaits the
+    interceptor chain on every call before it finds the handler, and that machinery alone
+    measured ~0.04 ms per unary call here (0.356 -> 0.395 ms round trip across processes,
+    with an interceptor that only calls ``continuation``): a tenth of a hop, spent to reach a
+    handler that is the same object every time. Wrapping once gives each call the same
+    wrapper without it.
+    """
+
+    def __init__(self, server: grpc.aio.Server, service: str) -> None:
+        self._server = server
+        self._service = service
+        self._methods: dict[str, MethodInfo] = {}
+
+    def _instrument(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        info = self._methods.get(method)
+        if info is None:
+            info = self._methods[method] = MethodInfo(method, self._service)
+        return _wrap_handler(handler, info)
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[Any]) -> None:
+        self._server.add_generic_rpc_handlers(
+            [_InstrumentedGenericHandler(h, self._instrument) for h in generic_rpc_handlers]
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(service_name, {
+            name: self._instrument(f"/{service_name}/{name}", handler)
+            for name, handler in method_handlers.items()
+        })  # fmt: skip
+
+    def add_insecure_port(self, address: str) -> int:
+        port: int = self._server.add_insecure_port(address)
+        return port
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        port: int = self._server.add_secure_port(address, server_credentials)
+        return port
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        done: bool = await self._server.wait_for_termination(timeout)
+        return done

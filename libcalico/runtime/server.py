@@ -21,8 +21,9 @@ A service's ``main()`` describes its server in a ``ServerSpec`` and hands it to 
 
 What ``Server`` does, in order:
 
-1. builds a ``grpc.aio`` server with the runtime's ``ServerInterceptor`` (tracing, domain
-   error → status, metrics), calls ``register(server)``, adds the standard health service
+1. builds a ``grpc.aio`` server, calls ``register(server)`` with it as an
+   ``InstrumentedServer`` (every handler wrapped once with tracing, domain error → status,
+   metrics), adds the standard health service
    (``grpc.health.v1``) and reflection for ``service_names`` plus health and reflection;
 2. binds every listen address. ``unix:///path.sock``: creates the parent directory; an
    existing socket file nobody answers on is stale and removed, one somebody answers on means
@@ -78,7 +79,7 @@ from grpc_reflection.v1alpha import reflection
 from libcalico.errors import FailedPreconditionError, UnavailableError, ValidationError
 from libcalico.runtime import log as _logmod
 from libcalico.runtime.channel import DEFAULT_CHANNEL_OPTIONS
-from libcalico.runtime.interceptors import ServerInterceptor
+from libcalico.runtime.interceptors import InstrumentedServer
 from libcalico.runtime.log import get_logger
 from libcalico.runtime.metrics import MetricsServer, start_metrics_server
 from libcalico.runtime.telemetry import shutdown_tracing
@@ -115,8 +116,6 @@ class ServerSpec:
     grace: float = 3.0
     initially_serving: bool = True
     options: Sequence[tuple[str, Any]] = ()
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
-    """Extra server interceptors, run inside the runtime's."""
 
 
 class _StopRequested(Exception):
@@ -232,9 +231,8 @@ class Server:
         spec = self.spec
         options = dict(DEFAULT_SERVER_OPTIONS)
         options.update(dict(spec.options))
-        server = grpc.aio.server(
-            interceptors=[ServerInterceptor(spec.service), *spec.interceptors],
-            options=list(options.items()),
+        server = InstrumentedServer(
+            grpc.aio.server(options=list(options.items())), spec.service
         )
         spec.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
