@@ -211,7 +211,16 @@ class SessionStream:
                 "the request may or may not have been applied"
             )
 
-        self._fail(unavailable, lambda: NotSent(unavailable()))
+        def unsent() -> NotSent:
+            # The cause kept for the caller, should sending again keep failing: only a transport
+            # failure says something true about the server; other codes can be gRPC's own
+            # INTERNAL for a write onto a stream the server had just ended (iomgr's poller).
+            mapped = to_domain_error(
+                err, target=self.target, service=self.service, method=SESSION_METHOD
+            )
+            return NotSent(mapped if isinstance(mapped, UnavailableError) else None)
+
+        self._fail(unavailable, unsent)
 
     def _fail(
         self,
