@@ -11,7 +11,9 @@ arities) once, as it is registered, so the work happens inside the handler's own
    around each step of the generator only (never across a ``yield``: the consumer is gRPC's
    code, and a context attached across a yield could be detached in another context).
    Health checks and reflection are not traced (a probe every second would drown the traces)
-   but are counted.
+   but are counted; nor are the methods a server names ``untraced`` (a stream that carries
+   calls traced one by one, like the datastore's ``Session``: its own span would be a root
+   as long as the client's connection).
 
 2. **Errors.** A ``libcalico.errors.CalicoError`` ends the RPC with ``grpc.StatusCode[
    err.grpc_code]``, the message as status details and ``err.details()`` as trailing metadata
@@ -161,12 +163,12 @@ class MethodInfo:
         "traced",
     )
 
-    def __init__(self, full_method: str, process_service: str) -> None:
+    def __init__(self, full_method: str, process_service: str, *, traced: bool = True) -> None:
         service, _, method = full_method.lstrip("/").partition("/")
         self.service = service or "unknown"
         self.method = method or "unknown"
         self.span_name = f"{self.service}/{self.method}"
-        self.traced = self.service not in UNTRACED_SERVICES
+        self.traced = traced and self.service not in UNTRACED_SERVICES
         self.attributes: dict[str, str] = {
             "rpc.system": "grpc",
             "rpc.service": self.service,
@@ -405,15 +407,22 @@ class InstrumentedServer(grpc.aio.Server):  # type: ignore[misc]
     wrapper without it.
     """
 
-    def __init__(self, server: grpc.aio.Server, service: str) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, service: str, *, untraced: Iterable[str] = ()
+    ) -> None:
+        """``untraced``: full method names (``/pkg.Service/Method``) that get no span of their
+        own but are still counted and error-mapped."""
         self._server = server
         self._service = service
+        self._untraced = frozenset(untraced)
         self._methods: dict[str, MethodInfo] = {}
 
     def _instrument(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         info = self._methods.get(method)
         if info is None:
-            info = self._methods[method] = MethodInfo(method, self._service)
+            info = self._methods[method] = MethodInfo(
+                method, self._service, traced=method not in self._untraced
+            )
         return _wrap_handler(handler, info)
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[Any]) -> None:

@@ -116,6 +116,8 @@ class ServerSpec:
     grace: float = 3.0
     initially_serving: bool = True
     options: Sequence[tuple[str, Any]] = ()
+    untraced_methods: Sequence[str] = ()
+    """Full method names (``/pkg.Service/Method``) that get no span of their own."""
 
 
 class _StopRequested(Exception):
@@ -232,7 +234,9 @@ class Server:
         options = dict(DEFAULT_SERVER_OPTIONS)
         options.update(dict(spec.options))
         server = InstrumentedServer(
-            grpc.aio.server(options=list(options.items())), spec.service
+            grpc.aio.server(options=list(options.items())),
+            spec.service,
+            untraced=spec.untraced_methods,
         )
         spec.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

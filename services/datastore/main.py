@@ -86,6 +86,9 @@ def server_spec(graph: DatastoreGraph, cfg: DatastoreConfig) -> ServerSpec:
         listen=cfg.listen,
         register=lambda server: pb_grpc.add_DatastoreServicer_to_server(graph.servicer, server),
         service_names=[SERVICE_NAME],
+        # Each call on a Session has its own span; the stream's would be a root as long as the
+        # client's connection.
+        untraced_methods=[f"/{SERVICE_NAME}/Session"],
         metrics_port=cfg.metrics_port,
         initially_serving=False,
     )
