@@ -65,11 +65,11 @@ async def running_datastore(
         await server.set_serving(True)
         yield InProcessDatastore(server.target, graph, server)
     finally:
-        graph.watcher.close()
+        graph.end_streams()  # as the service does: watches and sessions end, not sit out grace
         try:
             await server.stop(grace=0.5)
         finally:
-            await graph.etcd.close()
+            await graph.close()
 
 
 class DatastoreProcess(ServiceProcess):
