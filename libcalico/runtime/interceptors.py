@@ -49,13 +49,13 @@ import grpc.aio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from libcalico.errors import CalicoError
 from libcalico.runtime.jsonl_exporter import SERVICE_ATTRIBUTE
 from libcalico.runtime.log import get_logger
 from libcalico.runtime.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
-from libcalico.runtime.telemetry import TRACER_NAME, context_from_traceparent
+from libcalico.runtime.telemetry import context_from_traceparent, start_server_span
 
 __all__ = [
     "ERROR_METADATA_PREFIX",
@@ -89,9 +89,6 @@ _MAX_VALUE_CHARS = 1000
 _MAX_DETAILS_CHARS = 2000
 
 _log = get_logger(__name__)
-# A proxy until setup_tracing installs the provider, then the real tracer; fetching a tracer
-# per RPC would cost more than the span itself.
-_tracer = trace.get_tracer(TRACER_NAME)
 
 
 # --- calico-error-* metadata codec -------------------------------------------------------
@@ -186,9 +183,7 @@ class MethodInfo:
         child.inc()
 
     def start_span(self, parent: Context) -> trace.Span:
-        return _tracer.start_span(
-            self.span_name, context=parent, kind=SpanKind.SERVER, attributes=self.attributes
-        )
+        return start_server_span(self.span_name, parent, self.attributes)
 
     def finish(self, start: float, code: grpc.StatusCode, span: trace.Span | None) -> None:
         """Record a call that began at ``start`` (``perf_counter``) and ended with ``code``."""

@@ -39,9 +39,12 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
+from libcalico.runtime import server_span
 from libcalico.runtime.jsonl_exporter import JsonlSpanExporter
 from libcalico.runtime.log import get_logger
 
@@ -57,6 +60,7 @@ __all__ = [
     "setup_tracing",
     "shutdown_tracing",
     "start_batch_span",
+    "start_server_span",
     "start_span_from_traceparent",
 ]
 
@@ -90,7 +94,13 @@ class _SwitchProcessor(SpanProcessor):
 
 
 _provider: TracerProvider | None = None
+#: True when ``_provider`` is the one ``setup_tracing`` created and installed: its only span
+#: processor is ``_switch``, so ``server_span`` may hand finished spans to it directly.
+_owned = False
 _switch = _SwitchProcessor()
+_SCOPE = InstrumentationScope(TRACER_NAME)
+# A proxy until a provider is installed; used where the SDK does the work.
+_tracer = trace.get_tracer(TRACER_NAME)
 
 
 def default_trace_file(state_dir: Path | None = None) -> Path:
@@ -125,12 +135,13 @@ def setup_tracing(
     ``extra_processors`` are added as given (tests pass a ``SimpleSpanProcessor`` over an
     in-memory exporter).
     """
-    global _provider
+    global _provider, _owned
     if _provider is None:
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         provider.add_span_processor(_switch)
         trace.set_tracer_provider(provider)
         installed = trace.get_tracer_provider()
+        _owned = installed is provider
         if installed is not provider and isinstance(installed, TracerProvider):
             # Someone (a test harness, an auto-instrumentation agent) set the global provider
             # first and OpenTelemetry refuses to replace it: feed our exporters from theirs.
@@ -181,6 +192,17 @@ def shutdown_tracing() -> None:
 
 def get_tracer(name: str = TRACER_NAME) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+def start_server_span(
+    name: str, parent: Context, attributes: Mapping[str, AttributeValue]
+) -> trace.Span:
+    """The SERVER span of one RPC under ``parent``: built by ``server_span`` on our own
+    provider (see there why), by the SDK on anyone else's, non-recording with no provider."""
+    provider = _provider
+    if provider is None or not _owned:
+        return _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    return server_span.start(provider, _switch.on_end, _SCOPE, name, parent, attributes)
 
 
 def inject_headers(carrier: dict[str, str], context: Context | None = None) -> None:
