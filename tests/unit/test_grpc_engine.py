@@ -53,3 +53,21 @@ def test_every_console_script_chooses_before_grpc_loads(module: str) -> None:
         timeout=60, check=True,
     ).stdout.strip()  # fmt: skip
     assert out == grpc_engine.POLLER_EXPERIMENTS
+
+
+def test_grpc_knows_the_experiments_we_name() -> None:
+    # gRPC ignores an experiment it does not know and says so on stderr: a grpcio upgrade that
+    # drops these names would silently give the EventEngine back (and print that line in every
+    # process). This fails first.
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    code = (
+        "import libcalico, asyncio, grpc.aio\n"
+        "async def main():\n"
+        "    async with grpc.aio.insecure_channel('unix:///nonexistent.sock'): pass\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    assert "experiment" not in proc.stderr.lower(), proc.stderr
