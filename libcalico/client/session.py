@@ -200,14 +200,17 @@ class SessionStream:
             self._fail(SessionUnsupported, SessionUnsupported)
             return
 
-        def unavailable() -> UnavailableError:
-            mapped = to_domain_error(
+        def mapped() -> CalicoError:  # a fresh instance per call: each caller's traceback
+            return to_domain_error(
                 err, target=self.target, service=self.service, method=SESSION_METHOD
             )
-            if isinstance(mapped, UnavailableError):
-                return mapped
+
+        def unavailable() -> UnavailableError:
+            error = mapped()
+            if isinstance(error, UnavailableError):
+                return error
             return UnavailableError(
-                f"the session with the {self.service} at {self.target} broke ({mapped}); "
+                f"the session with the {self.service} at {self.target} broke ({error}); "
                 "the request may or may not have been applied"
             )
 
@@ -215,10 +218,8 @@ class SessionStream:
             # The cause kept for the caller, should sending again keep failing: only a transport
             # failure says something true about the server; other codes can be gRPC's own
             # INTERNAL for a write onto a stream the server had just ended (iomgr's poller).
-            mapped = to_domain_error(
-                err, target=self.target, service=self.service, method=SESSION_METHOD
-            )
-            return NotSent(mapped if isinstance(mapped, UnavailableError) else None)
+            error = mapped()
+            return NotSent(error if isinstance(error, UnavailableError) else None)
 
         self._fail(unavailable, unsent)
 
