@@ -112,7 +112,6 @@ def to_domain_error(
 _Convert = Callable[[grpc.aio.AioRpcError], CalicoError]
 
 
-
 def start_client_span(tracer: trace.Tracer, service: str, method: str, target: str) -> trace.Span:
     """The CLIENT span of one call of ``service/method`` to ``target``, with the attributes
     OpenTelemetry's RPC conventions give it; whatever carries the call (a unary RPC here, a
@@ -127,6 +126,7 @@ def start_client_span(tracer: trace.Tracer, service: str, method: str, target: s
             "server.address": target,
         },
     )
+
 
 class _Delegate:
     """Everything a grpc.aio call offers, forwarded to the real call."""
