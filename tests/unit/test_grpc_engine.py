@@ -15,6 +15,16 @@ from libcalico import grpc_engine
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def fresh_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a new interpreter that inherits no ``GRPC_EXPERIMENTS`` (this one's
+    was set by libcalico)."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+
+
 def entry_modules() -> list[str]:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     return sorted({target.split(":", 1)[0] for target in scripts.values()})
@@ -47,27 +57,12 @@ def test_every_console_script_chooses_before_grpc_loads(module: str) -> None:
     # prefer_poller declines once grpc is loaded, so the setting is there after the import
     # only if libcalico chose before the entry module's own imports reached grpc.
     code = f"import os; import {module}; print(os.environ.get('GRPC_EXPERIMENTS', ''))"
-    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=60, check=True,
-    ).stdout.strip()  # fmt: skip
-    assert out == grpc_engine.POLLER_EXPERIMENTS
+    assert fresh_python(code).stdout.strip() == grpc_engine.POLLER_EXPERIMENTS
 
 
 def test_grpc_knows_the_experiments_we_name() -> None:
     # gRPC ignores an experiment it does not know and says so on stderr: a grpcio upgrade that
     # drops these names would silently give the EventEngine back (and print that line in every
     # process). This fails first.
-    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
-    code = (
-        "import libcalico, asyncio, grpc.aio\n"
-        "async def main():\n"
-        "    async with grpc.aio.insecure_channel('unix:///nonexistent.sock'): pass\n"
-        "asyncio.run(main())\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=60, check=True,
-    )  # fmt: skip
-    assert "experiment" not in proc.stderr.lower(), proc.stderr
+    stderr = fresh_python("import libcalico, grpc").stderr  # grpc reads the flags on import
+    assert "experiment" not in stderr.lower(), stderr
