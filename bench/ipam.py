@@ -11,8 +11,8 @@ What it does:
    creates two IPv4 pools (/12s of /26 blocks) through the datastore;
 2. **raw etcd** from this process, writing the values the allocations write: a /26 block
    JSON holding 1, 2, ... 64 allocations, each under its own handle with the bench's
-   attributes, in turn (827 B to 7.4 kB; etcd's cost grows with the value, ~13% from 1 kB
-   to 4 kB here, so a fixed small value would flatter the floor):
+   attributes, in turn (0.9 to 8.6 kB, printed with the table; etcd's cost grows with the
+   value, ~13% from 1 kB to 4 kB here, so a fixed small value would flatter the floor):
    - *CAS*: one Txn that compares the key's mod revision and puts the value, the revision
      known from the previous write -- exactly the one round trip an allocation into a cached
      affine block costs the allocator. Sequentially, and ``--inflight`` at a time (one key
@@ -28,7 +28,7 @@ What it does:
      are part of the cost as they would be;
    every call's latency is kept for p50/p99;
 4. **floor**: ``services.ipam.cas_echo``, a service run exactly like the IPAM service (same
-   runtime, interceptor, spans, metrics, event loop) whose one RPC does one raw CAS txn
+   runtime, handler wrapping, spans, metrics, event loop) whose one RPC does one raw CAS txn
    through the same ``EtcdKVStore`` and nothing else (values of the same sizes, in the same
    turn), called sequentially: what an
    allocation costs with a free allocator. ``affine / floor`` tells the allocator's own cost

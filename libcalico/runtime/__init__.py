@@ -4,7 +4,8 @@
 - ``log``: ``setup_logging(service, level)``, ``get_logger(name).info(event, **fields)``.
 - ``telemetry``: ``setup_tracing(service, ...)``, traceparent helpers, ``shutdown_tracing()``.
 - ``metrics``: Prometheus collectors with fixed labels, ``start_metrics_server(port)``.
-- ``interceptors``: the server interceptor (spans, domain errors → status codes, RPC metrics).
+- ``interceptors``: ``InstrumentedServer`` wraps every handler (spans, domain errors → status
+  codes, RPC metrics).
 - ``channel``: ``make_channel(target, service=...)`` — trace context out, domain errors back.
 - ``server``: ``ServerSpec``, ``serve``, ``start_in_process``, ``run_main``.
 

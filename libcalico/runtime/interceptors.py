@@ -200,7 +200,7 @@ def handler_error(
     exc: Exception, rpc: str, span: trace.Span | None
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """Status code, details and trailing metadata for an exception a handler raised, logged
-    as the interceptor logs it: a ``CalicoError`` keeps its code and its ``calico-error-*``
+    as every RPC's failure is logged: a ``CalicoError`` keeps its code and its ``calico-error-*``
     details; anything else is a bug, INTERNAL ``"<Type>: <text>"`` with its traceback."""
     if isinstance(exc, CalicoError):
         code = grpc_code_of(exc)

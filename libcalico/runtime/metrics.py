@@ -7,7 +7,8 @@ the same name). Label *names* are fixed when a collector is created and a second
 other labels is a bug, so it raises. Label *values* must come from small closed sets (gRPC
 method names, status codes, table names) — never resource names, IPs or revisions.
 
-The gRPC server interceptor records ``calico_grpc_server_handled_total{service,method,code}`` and
+The runtime's server handler wrapping records
+``calico_grpc_server_handled_total{service,method,code}`` and
 ``calico_grpc_server_handling_seconds{service,method}``; ``service`` is the fully qualified
 gRPC service (``calico.datastore.v1.Datastore``), not the process.
 

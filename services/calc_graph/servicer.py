@@ -3,7 +3,7 @@
 ``Sync`` turns a subscriber's batches into ``SyncBatch`` messages, numbering every
 ``ToDataplane`` of the stream from 0 and splitting a batch larger than ``MAX_BATCH_BYTES``
 (a snapshot) into several, in order. A subscriber cut off for falling behind ends its stream
-with RESOURCE_EXHAUSTED (``ResourceExhaustedError`` through the runtime's interceptor).
+with RESOURCE_EXHAUSTED (``ResourceExhaustedError`` through the runtime's handler wrapping).
 
 Most messages in a flush are the same objects for every node (IP-set deltas and memberships,
 policies, routes, VTEPs), so ``Sync`` writes ``SyncBatch`` bytes itself: each ``ToDataplane`` is

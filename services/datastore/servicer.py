@@ -2,8 +2,8 @@
 
 Nothing else happens here. ``Session`` runs these same handlers for calls multiplexed on one
 stream (``services.datastore.session`` gives each call the span, metrics and error mapping the
-interceptor gives a unary RPC). Errors are ``libcalico.errors`` raised by the domain; the runtime's
-interceptor turns them into status codes with ``calico-error-*`` trailing metadata. Resource
+runtime gives a unary RPC). Errors are ``libcalico.errors`` raised by the domain; the runtime's
+handler wrapping turns them into status codes with ``calico-error-*`` trailing metadata. Resource
 bodies pass through as the bytes etcd holds (``Resource.json``, without resourceVersion, which
 travels in ``Resource.resource_version``), so a list or a watch decodes no JSON here.
 """
@@ -71,8 +71,8 @@ def decode_json(body: bytes) -> dict[str, Any]:
 
 class DatastoreServicer(pb_grpc.DatastoreServicer):  # type: ignore[misc]
     def __init__(self, store: Store, watcher: Watcher, *, service: str = "datastore") -> None:
-        """``service`` is the process's name for the spans of session calls (the interceptor
-        is given the same name for unary ones)."""
+        """``service`` is the process's name for the spans of session calls (the runtime's
+        handler wrapping is given the same name for unary ones)."""
         self.store = store
         self.watcher = watcher
         # Session calls run the very handlers below (with no context; none of them uses it).

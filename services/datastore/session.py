@@ -8,7 +8,7 @@ compare-and-swaps, the bench) spends most of its time on the hop. ``DatastoreCli
 sends its unary operations over one session stream and falls back to unary RPCs when a server
 does not implement ``Session``.
 
-What a call on a session gets is what its unary RPC gets from the runtime's interceptor
+What a call on a session gets is what its unary RPC gets from the runtime's handler wrapping
 (``libcalico.runtime.interceptors``), so operators see no difference:
 
 - a SERVER span named like the unary method (``calicopy.datastore.v1.Datastore/Create``) with
@@ -18,7 +18,7 @@ What a call on a session gets is what its unary RPC gets from the runtime's inte
 - ``calico_grpc_server_handled_total`` / ``calico_grpc_server_handling_seconds`` with the unary
   method's labels;
 - a ``libcalico.errors`` exception becomes ``SessionError`` with the status code name, the
-  message and exactly the ``calico-error-*`` metadata the interceptor would put in trailers
+  message and exactly the ``calico-error-*`` metadata a unary RPC would put in trailers
   (its own ``MethodInfo`` and ``handler_error`` do all of this); any other exception is
   logged with its traceback and becomes INTERNAL ``"<Type>: <text>"``.
 
@@ -75,7 +75,7 @@ _LARGE_RESULTS = frozenset({"list", "kv_list"})
 
 
 class _Op:
-    """One operation: the interceptor's per-method state for its unary method (span name and
+    """One operation: the runtime's per-method state for its unary method (span name and
     attributes, metric children), its servicer handler, and where its response goes."""
 
     __slots__ = ("handler", "info", "large", "result_field")

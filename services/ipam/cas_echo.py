@@ -4,7 +4,7 @@
         python -m services.ipam.cas_echo
 
 It runs exactly like ``calico-ipam-service`` (``run_main``, the runtime's ``Server`` with its
-interceptor, spans and metrics, the same event loop) and its handler does what an allocation
+handler wrapping, spans and metrics, the same event loop) and its handler does what an allocation
 into a cached affine block does on the wire -- one Txn comparing a key's mod revision and
 putting a block-sized value, through ``EtcdKVStore`` -- and nothing else (the values' sizes
 come from ``CALICO_CAS_ECHO_VALUE_SIZES``, comma-separated bytes used in turn, so the bench can

@@ -1,6 +1,6 @@
 """gRPC IPAM servicer: protobuf in, domain calls, protobuf out. Nothing else lives here.
 
-Domain errors propagate; the runtime's interceptor turns them into status codes
+Domain errors propagate; the runtime's handler wrapping turns them into status codes
 (ResourceExhaustedError → RESOURCE_EXHAUSTED, RetriesExhaustedError → ABORTED, ...).
 """
 
