@@ -226,17 +226,22 @@ copy_ops = st.lists(
 )
 
 
+def _plain(block: Block) -> bytes:
+    return json.dumps(block.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
 @settings(max_examples=200, deadline=None)
 @given(copy_ops, st.sampled_from([None, "node-1", 'nödé "q"']), st.booleans())
-def test_to_json_is_the_plain_encoding_of_to_dict_across_copies(
+def test_to_json_is_compact_utf8_json_of_to_dict_across_copies(
     sequence: list[tuple[str, int, str | None]], host: str | None, extra: bool
 ) -> None:
-    # to_json builds the JSON from pieces it caches per attribute and carries into copies;
-    # whatever the history, the bytes must be exactly json.dumps(to_dict()) compact.
+    # Whatever the history of allocations, releases and copies, the bytes written are the
+    # plain compact UTF-8 JSON of to_dict() (what json.dumps gives), and copies share nothing
+    # that a later change to one of them could disturb.
     block = Block.new(NET, host, now_ns=1)
     if extra:
         block.extra["futureField"] = {"x": [1, None]}
-    older = [block]
+    superseded: list[tuple[Block, bytes]] = []  # each block a copy replaced, as it was then
     for op, n, handle in sequence:
         if op == "alloc":
             block.auto_assign(n, handle, {"node": "n", "ns": handle or ""} if handle else None)
@@ -244,10 +249,9 @@ def test_to_json_is_the_plain_encoding_of_to_dict_across_copies(
             assert handle is not None
             block.release_by_handle(handle)
         elif op == "copy":
+            superseded.append((block, block.to_json()))
             block = block.copy()
-            older.append(block)
         block.bump()
-        plain = json.dumps(block.to_dict(), separators=(",", ":")).encode()
-        assert block.to_json() == plain
-    for b in older:  # copies never disturb each other's cache
-        assert b.to_json() == json.dumps(b.to_dict(), separators=(",", ":")).encode()
+        assert block.to_json() == _plain(block)
+    for old, then in superseded:  # changing a copy never changed what it was copied from
+        assert old.to_json() == then
