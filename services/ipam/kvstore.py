@@ -269,41 +269,30 @@ class EtcdKVStore:
             start = resp.kvs[-1].key + b"\0"
 
     async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:
+        # Filled in place with add(): building each Compare and RequestOp as its own message
+        # and handing lists to the constructor copies every one of them again (10 us against
+        # 4 for an allocation's two compares and two puts).
         rpc = self._rpc
-        cmp = []
+        req = rpc.TxnRequest()
         for key, rev in compares:
+            raw = key.encode()
+            cmp = req.compare.add()
+            cmp.key = raw
+            cmp.result = rpc.Compare.EQUAL
             if rev == 0:
-                cmp.append(
-                    rpc.Compare(
-                        key=key.encode(),
-                        result=rpc.Compare.EQUAL,
-                        target=rpc.Compare.CREATE,
-                        create_revision=0,
-                    )
-                )
+                cmp.target = rpc.Compare.CREATE
+                cmp.create_revision = 0  # set, so the oneof says what is compared
             else:
-                cmp.append(
-                    rpc.Compare(
-                        key=key.encode(),
-                        result=rpc.Compare.EQUAL,
-                        target=rpc.Compare.MOD,
-                        mod_revision=rev,
-                    )
-                )
-        success = []
+                cmp.target = rpc.Compare.MOD
+                cmp.mod_revision = rev
+            req.failure.add().request_range.key = raw
         for op in ops:
             if isinstance(op, Put):
-                success.append(
-                    rpc.RequestOp(request_put=rpc.PutRequest(key=op.key.encode(), value=op.value))
-                )
+                put = req.success.add().request_put
+                put.key = op.key.encode()
+                put.value = op.value
             else:
-                success.append(
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key.encode()))
-                )
-        failure = [
-            rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode())) for key, _ in compares
-        ]
-        req = rpc.TxnRequest(compare=cmp, success=success, failure=failure)
+                req.success.add().request_delete_range.key = op.key.encode()
         resp = await self._call(self._kv.Txn, req)
         if resp.succeeded:
             return TxnResult(True, resp.header.revision)
