@@ -119,3 +119,23 @@ def test_reservations() -> None:
     assert r.matches(ipaddress.ip_address("10.0.1.9"))
     assert r.count_in(ipaddress.ip_network("10.0.0.0/23")) == 4 + 256
     assert not Reservations()
+
+
+@given(
+    st.sampled_from([4, 6]),
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 128),
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 128),
+)
+def test_contains_block_agrees_with_ipaddress(
+    version: int, pool_bits: int, pool_len: int, block_bits: int, block_len: int
+) -> None:
+    net = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    width = 32 if version == 4 else 128
+    pool_net = net((pool_bits % 2**width, pool_len % (width + 1)), strict=False)
+    block = net((block_bits % 2**width, block_len % (width + 1)), strict=False)
+    p = Pool(name="p", cidr=pool_net, block_size=max(pool_net.prefixlen, width - 6))
+    assert p.contains_block(block) == block.subnet_of(pool_net)  # type: ignore[arg-type]
+    other = ipaddress.ip_network("fd00::/122" if version == 4 else "10.0.0.0/26")
+    assert not p.contains_block(other)  # the other family is never inside
