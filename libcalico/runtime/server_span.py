@@ -138,14 +138,18 @@ class ServerSpan(trace.Span):
 
 def start(
     provider: TracerProvider,
-    on_end: Callable[[ReadableSpan], None],
+    on_end: Callable[[ReadableSpan], None] | None,
     scope: InstrumentationScope,
     name: str,
     parent_context: Context,
     attributes: Mapping[str, types.AttributeValue],
 ) -> trace.Span:
     """A SERVER span under ``parent_context``, sampled by ``provider``'s sampler as the SDK
-    would: recording (``ServerSpan``) or not (``NonRecordingSpan`` with fresh ids)."""
+    would: recording (``ServerSpan``) or not (``NonRecordingSpan`` with fresh ids).
+
+    ``on_end=None`` says no processor would take the finished span (tracing is off): the span
+    keeps its ids and sampling flag, so logs and outgoing calls still carry the trace, but
+    records nothing, and nothing is built for it when it ends."""
     found = trace.get_current_span(parent_context).get_span_context()
     parent = found if found.is_valid else None
     ids = provider.id_generator
@@ -159,7 +163,7 @@ def start(
         trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags,
         trace_state=sampled.trace_state,
     )  # fmt: skip
-    if not recording:
+    if not recording or on_end is None:
         return trace.NonRecordingSpan(context)
     return ServerSpan(
         name, context, parent, attributes,

@@ -198,11 +198,14 @@ def start_server_span(
     name: str, parent: Context, attributes: Mapping[str, AttributeValue]
 ) -> trace.Span:
     """The SERVER span of one RPC under ``parent``: built by ``server_span`` on our own
-    provider (see there why), by the SDK on anyone else's, non-recording with no provider."""
+    provider (see there why; non-recording while no exporter is set up, as with
+    ``CALICO_TRACE_FILE=off`` and no OTLP endpoint), by the SDK on anyone else's,
+    non-recording with no provider."""
     provider = _provider
     if provider is None or not _owned:
         return _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-    return server_span.start(provider, _switch.on_end, _SCOPE, name, parent, attributes)
+    on_end = _switch.on_end if _switch.processors else None
+    return server_span.start(provider, on_end, _SCOPE, name, parent, attributes)
 
 
 def inject_headers(carrier: dict[str, str], context: Context | None = None) -> None:

@@ -226,3 +226,21 @@ def test_otlp_exporter_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT")
     setup_tracing("svc", jsonl=False)  # swaps the OTLP processor out again (shut down)
     shutdown_tracing()
+
+
+def test_server_spans_record_only_while_an_exporter_takes_them(
+    spans: InMemorySpanExporter,
+) -> None:
+    from opentelemetry.context import Context
+
+    from libcalico.runtime.telemetry import start_server_span
+
+    recorded = start_server_span("pkg.Svc/Get", Context(), {"rpc.system": "grpc"})
+    assert recorded.is_recording()
+    recorded.end()
+    assert [s.name for s in spans.get_finished_spans()] == ["pkg.Svc/Get"]
+    setup_tracing("unit", jsonl=False)  # tracing off: no processors at all
+    idle = start_server_span("pkg.Svc/Get", Context(), {"rpc.system": "grpc"})
+    assert not idle.is_recording() and idle.get_span_context().is_valid
+    idle.end()
+    assert len(spans.get_finished_spans()) == 1

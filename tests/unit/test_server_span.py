@@ -121,3 +121,13 @@ def test_an_unsampled_parent_is_followed() -> None:
     assert not span.get_span_context().trace_flags.sampled
     span.end()
     assert ended == []
+
+
+def test_with_nobody_to_take_it_the_span_keeps_the_trace_but_records_nothing() -> None:
+    # Tracing off (no exporter): the ids still reach logs and outgoing calls.
+    span = server_span.start(provider(), None, SCOPE, "x/y", under(PARENT), ATTRS)
+    assert not span.is_recording()
+    ctx = span.get_span_context()
+    assert ctx.trace_id == PARENT.trace_id and ctx.span_id != PARENT.span_id
+    assert ctx.trace_flags.sampled
+    span.end()
