@@ -516,21 +516,23 @@ class Allocator:
     async def _commit(self, plan: _Plan) -> bool:
         compares: list[tuple[str, int]] = []
         ops: list[Op] = []
-        new_blocks: dict[Network, Block | None] = {}
         for cidr, (block, rev) in plan.blocks.items():
-            key = _block_key(cidr)
-            compares.append((key, rev))
             if block is None:
+                key = _block_key(cidr)
                 ops.append(Delete(key))
             else:
+                key = block.key
                 block.bump()
                 ops.append(Put(key, block.to_json()))
-            new_blocks[cidr] = block
+            compares.append((key, rev))
         for key, (value, rev) in plan.affinities.items():
             compares.append((key, rev))
             ops.append(Delete(key) if value is None else Put(key, value))
-        new_handles: dict[str, Handle | None] = {}
-        for handle_id in sorted(set(plan.handles) | set(plan.handle_drops)):
+        new_handles: list[tuple[str, Handle | None]] = []
+        handle_ids: Iterable[str] = plan.handles
+        if plan.handle_drops or len(plan.handles) > 1:
+            handle_ids = sorted(plan.handles.keys() | plan.handle_drops.keys())
+        for handle_id in handle_ids:
             current, rev = self._handles.get(handle_id, (None, 0))
             h = current.copy() if current is not None else Handle()
             for cidr_s in plan.handle_drops.get(handle_id, ()):
@@ -545,10 +547,10 @@ class Allocator:
             if h.empty():
                 if rev:
                     ops.append(Delete(key))
-                new_handles[handle_id] = None
+                new_handles.append((handle_id, None))
             else:
                 ops.append(Put(key, h.to_json()))
-                new_handles[handle_id] = h
+                new_handles.append((handle_id, h))
         self.stats["txns"] += 1
         result = await self.kv.txn(compares, ops)
         if not result.succeeded:
@@ -556,14 +558,14 @@ class Allocator:
             self._absorb(result.current, [k for k, _ in compares])
             return False
         rev = result.revision
-        for cidr, block in new_blocks.items():
+        for cidr, (block, _) in plan.blocks.items():
             self._cache_block(cidr, block, rev)
         for key, (value, _) in plan.affinities.items():
             parsed = keys.parse_affinity_key(key)
             if parsed is not None:
                 state = None if value is None else affinity_state(value)
                 self._cache_affinity(parsed[0], parsed[1], state, rev)
-        for handle_id, new_h in new_handles.items():
+        for handle_id, new_h in new_handles:
             self._cache_handle(handle_id, new_h, rev if new_h is not None else 0)
         return True
 
@@ -718,24 +720,26 @@ class Allocator:
                 break
             cidr = order[idx]
             cached = self._blocks.get(cidr)
-            if cached is not None and cached[0].host == node and not cached[0].unallocated:
-                if leading_full:
-                    self._affine_full[key] = idx + 1
-                continue  # full: the common case for all but one block
+            if cached is not None:
+                if cached[0].host != node:
+                    leading_full = False
+                    continue  # not ours any more
+                if not cached[0].unallocated:
+                    if leading_full:
+                        self._affine_full[key] = idx + 1
+                    continue  # full: the common case for all but one block
             leading_full = False
-            if cached is not None and cached[0].host != node:
-                continue  # not ours any more
-            if not self._in_pools(cidr, pools) or reservations.covers(cidr):
+            if not self._in_pools(cidr, pools) or (reservations and reservations.covers(cidr)):
                 continue
             if cached is None:
                 cached = await self._block(cidr)
-            if cached is None:
-                continue  # an affinity without its block: the claim step creates it
+                if cached is None:
+                    continue  # an affinity without its block: the claim step creates it
+                if cached[0].host != node:
+                    continue  # a stale affinity; the block belongs to someone else now
             block, rev = cached
-            if block.host != node:
-                continue  # a stale affinity; the block belongs to someone else now
             pred = reservations.predicate(cidr) if reservations else None
-            if block.num_free(pred) == 0:
+            if pred is not None and block.num_free(pred) == 0:
                 continue
             new = block.copy()
             ords = new.auto_assign(rem, args.handle, args.attrs, pred)

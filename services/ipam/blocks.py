@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from libcalico import keys
 from libcalico.errors import AlreadyExistsError, ConflictError, ValidationError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -78,6 +79,7 @@ class Block:
 
     __slots__ = (
         "_cidr_text",
+        "_key",
         "affinity",
         "affinity_claim_time",
         "allocations",
@@ -108,6 +110,7 @@ class Block:
         self.cidr = cidr
         self.base = int(cidr.network_address)
         self._cidr_text = ""
+        self._key = ""
         self.affinity = affinity
         self.affinity_claim_time = affinity_claim_time
         self.allocations = allocations
@@ -204,6 +207,7 @@ class Block:
             extra=dict(self.extra),
         )
         new._cidr_text = self._cidr_text
+        new._key = self._key
         return new
 
     @property
@@ -214,6 +218,14 @@ class Block:
         if not text:
             text = self._cidr_text = str(self.cidr)
         return text
+
+    @property
+    def key(self) -> str:
+        """The block's etcd key, kept like ``cidr_text``."""
+        key = self._key
+        if not key:
+            key = self._key = keys.block_key(self.cidr)
+        return key
 
     # -- addresses ---------------------------------------------------------------------------
 
