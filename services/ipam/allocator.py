@@ -96,6 +96,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 DATASTORE_RETRIES = 100
 EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0  # seconds; Calico's EmptyBlockMinReclaimAge
 HANDLE_CACHE_SIZE = 50_000
+SELECTED_CACHE_SIZE = 4096
+_NO_LABELS: Mapping[str, str] = {}
 
 
 # Block keys of the blocks this process writes, formatted once (ipaddress formats in Python).
@@ -292,6 +294,11 @@ class Allocator:
         # release, or a fresher read) resets the count.
         self._affine_order: dict[tuple[str, int], list[Network]] = {}
         self._affine_full: dict[tuple[str, int], int] = {}
+        # (version, requested pools, node or "", use) -> (pools, labels, chosen) (_pools_for)
+        self._selected: dict[
+            tuple[int, tuple[str, ...], str, str],
+            tuple[list[Pool], Mapping[str, str], list[Pool]],
+        ] = {}
         self.stats = {"txns": 0, "conflicts": 0, "reads": 0}
 
     # -- cache plumbing ------------------------------------------------------------------------
@@ -612,7 +619,7 @@ class Allocator:
         self, version: int, requested: Sequence[str], node: str, use: str, *, fresh: bool
     ) -> list[Pool]:
         pools = await self.resources.pools(fresh=fresh)
-        labels: Mapping[str, str] = {}
+        labels: Mapping[str, str] = _NO_LABELS
         needs_labels = not requested and any(
             (p.node_selector or "all()").strip() not in ("", "all()")
             for p in pools
@@ -620,7 +627,17 @@ class Allocator:
         )
         if needs_labels:
             labels = await self.resources.node_labels(node, fresh=fresh)
-        return select_pools(pools, version, requested, node, labels, use, self.match)
+        # The choice depends only on these, and the cache hands out the same pools list and
+        # labels dict until it re-reads them: remember it per request shape.
+        key = (version, tuple(requested), node if needs_labels else "", use)
+        hit = self._selected.get(key)
+        if hit is not None and hit[0] is pools and hit[1] is labels:
+            return hit[2]
+        chosen = select_pools(pools, version, requested, node, labels, use, self.match)
+        if len(self._selected) >= SELECTED_CACHE_SIZE:
+            self._selected.clear()
+        self._selected[key] = (pools, labels, chosen)
+        return chosen
 
     async def _assign_family(
         self, version: int, num: int, args: AutoAssignArgs, requested: Sequence[str]
@@ -714,6 +731,11 @@ class Allocator:
         if order is None:
             order = self._affine_order[key] = sorted(affine, key=lambda c: int(c.network_address))
         plan = _Plan()
+        # A handle this allocator has never seen holding addresses (nearly every request: one
+        # handle per pod) cannot have an attribute entry to reuse; should that be wrong, the
+        # commit's compare on the handle (must not exist) fails and the retry knows better.
+        cached_handle = self._handles.get(args.handle) if args.handle else None
+        new_handle = cached_handle is None or cached_handle[0] is None
         leading_full = True
         for idx in range(self._affine_full.get(key, 0), len(order)):
             if rem <= 0:
@@ -742,7 +764,7 @@ class Allocator:
             if pred is not None and block.num_free(pred) == 0:
                 continue
             new = block.copy()
-            ords = new.auto_assign(rem, args.handle, args.attrs, pred)
+            ords = new.auto_assign(rem, args.handle, args.attrs, pred, new_handle=new_handle)
             if not ords:
                 continue
             plan.blocks[cidr] = (new, rev)

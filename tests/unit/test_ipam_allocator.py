@@ -142,6 +142,23 @@ async def test_steady_state_allocation_is_one_transaction_and_no_read() -> None:
     assert env.kv.failed_txns == 0
 
 
+async def test_a_handle_another_allocator_wrote_shares_its_attribute_entry() -> None:
+    # A handle this allocator has not seen is taken to be new (no attribute entry to look
+    # for). When another process already gave it an address in the same block, the
+    # handle's compare fails, and the retry finds and reuses the existing entry.
+    env = make_env()
+    env.pool("p", "10.0.0.0/26")
+    await env.alloc.auto_assign(a4("n", "h"))
+    other = env.new_allocator()
+    failed = env.kv.failed_txns
+    await other.auto_assign(a4("n", "h"))
+    assert env.kv.failed_txns == failed + 1
+    block = env.blocks()[0]
+    assert block.attributes == [{"handle_id": "h", "secondary": {"node": "n"}}]
+    assert env.handle("h") == {"block": {"10.0.0.0/26": 2}, "deleted": False}
+    assert_handles_consistent(env)
+
+
 async def test_dual_stack_and_pool_names_or_cidrs() -> None:
     env = make_env()
     env.pool("v4", "10.0.0.0/24")

@@ -218,6 +218,7 @@ def test_allocate_release_never_double_allocates_and_is_fifo(
 copy_ops = st.lists(
     st.one_of(
         st.tuples(st.just("alloc"), st.integers(1, 3), st.sampled_from(["a", "b", "ü", None])),
+        st.tuples(st.just("assign"), st.integers(0, 63), st.sampled_from(["a", "c", None])),
         st.tuples(st.just("release_handle"), st.just(0), st.sampled_from(["a", "b", "ü"])),
         st.tuples(st.just("copy"), st.just(0), st.none()),
         st.tuples(st.just("encode"), st.just(0), st.none()),
@@ -235,9 +236,9 @@ def _plain(block: Block) -> bytes:
 def test_to_json_is_compact_utf8_json_of_to_dict_across_copies(
     sequence: list[tuple[str, int, str | None]], host: str | None, extra: bool
 ) -> None:
-    # Whatever the history of allocations, releases and copies, the bytes written are the
-    # plain compact UTF-8 JSON of to_dict() (what json.dumps gives), and copies share nothing
-    # that a later change to one of them could disturb.
+    # Whatever the history of allocations, assignments, releases and copies, the bytes are
+    # the plain compact UTF-8 JSON of to_dict() (what json.dumps gives), and copies share
+    # nothing that a later change to one of them could disturb.
     block = Block.new(NET, host, now_ns=1)
     if extra:
         block.extra["futureField"] = {"x": [1, None]}
@@ -245,13 +246,18 @@ def test_to_json_is_compact_utf8_json_of_to_dict_across_copies(
     for op, n, handle in sequence:
         if op == "alloc":
             block.auto_assign(n, handle, {"node": "n", "ns": handle or ""} if handle else None)
+        elif op == "assign":
+            if block.allocations[n] is None:
+                block.assign(n, handle, {"node": "n"})
         elif op == "release_handle":
             assert handle is not None
             block.release_by_handle(handle)
         elif op == "copy":
             superseded.append((block, block.to_json()))
             block = block.copy()
+        elif op == "encode":
+            assert block.to_json() == _plain(block)
         block.bump()
-        assert block.to_json() == _plain(block)
+    assert block.to_json() == _plain(block)
     for old, then in superseded:  # changing a copy never changed what it was copied from
         assert old.to_json() == then
