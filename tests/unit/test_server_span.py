@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from libcalico.runtime import server_span
 
@@ -131,3 +132,32 @@ def test_with_nobody_to_take_it_the_span_keeps_the_trace_but_records_nothing() -
     assert ctx.trace_id == PARENT.trace_id and ctx.span_id != PARENT.span_id
     assert ctx.trace_flags.sampled
     span.end()
+
+
+@pytest.mark.parametrize("sampler", [None, ParentBased(ALWAYS_ON)], ids=["default", "asked"])
+def test_sampling_flags_and_trace_state_are_the_sdks(sampler: Sampler | None) -> None:
+    # The default sampler (the SDK's own DEFAULT_ON object) is decided inline, any other is
+    # asked; either way the answers, flags (the random-trace-id bit too) and trace state
+    # must be the SDK's.
+
+    state = TraceState([("vendor", "x")])
+    parents = [
+        Context(),
+        under(SpanContext(0xABC, 0xDEF, True, TraceFlags(TraceFlags.SAMPLED), state)),
+        under(SpanContext(0xABC, 0xDEF, True, TraceFlags(TraceFlags.DEFAULT), state)),
+        under(SpanContext(0xABC, 0xDEF, False, TraceFlags(TraceFlags.SAMPLED))),
+        under(SpanContext(0xABC, 0xDEF, False, TraceFlags(TraceFlags.DEFAULT))),
+    ]
+    for parent in parents:
+        sdk = provider(sampler=sampler).get_tracer("x").start_span(
+            "x/y", context=parent, kind=SpanKind.SERVER
+        )
+        ended: list[ReadableSpan] = []
+        ours = server_span.start(
+            provider(sampler=sampler), ended.append, SCOPE, "x/y", parent, ATTRS
+        )
+        want, got = sdk.get_span_context(), ours.get_span_context()
+        assert ours.is_recording() == sdk.is_recording()
+        assert got.trace_flags == want.trace_flags
+        assert got.trace_state == want.trace_state
+        assert (got.trace_id == want.trace_id) == (parent != Context())
