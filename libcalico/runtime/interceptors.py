@@ -54,7 +54,7 @@ from opentelemetry.trace import Status, StatusCode
 from libcalico.errors import CalicoError
 from libcalico.runtime.jsonl_exporter import SERVICE_ATTRIBUTE
 from libcalico.runtime.log import get_logger
-from libcalico.runtime.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
+from libcalico.runtime.rpc_metrics import RPC_METRICS
 from libcalico.runtime.telemetry import context_from_traceparent, start_server_span
 
 __all__ = [
@@ -152,11 +152,10 @@ class MethodInfo:
 
     __slots__ = (
         "attributes",
-        "handled",
         "method",
-        "seconds",
         "service",
         "span_name",
+        "stats",
         "traced",
     )
 
@@ -172,23 +171,14 @@ class MethodInfo:
             "rpc.method": self.method,
             SERVICE_ATTRIBUTE: process_service,
         }
-        self.seconds = GRPC_SERVER_HANDLING_SECONDS.labels(self.service, self.method)
-        self.handled: dict[grpc.StatusCode, Any] = {}
-
-    def count(self, code: grpc.StatusCode) -> None:
-        child = self.handled.get(code)
-        if child is None:
-            child = GRPC_SERVER_HANDLED.labels(self.service, self.method, code.name)
-            self.handled[code] = child
-        child.inc()
+        self.stats = RPC_METRICS.method(self.service, self.method)
 
     def start_span(self, parent: Context) -> trace.Span:
         return start_server_span(self.span_name, parent, self.attributes)
 
     def finish(self, start: float, code: grpc.StatusCode, span: trace.Span | None) -> None:
         """Record a call that began at ``start`` (``perf_counter``) and ended with ``code``."""
-        self.seconds.observe(time.perf_counter() - start)
-        self.count(code)
+        self.stats.observe(time.perf_counter() - start, code.name)
         if span is not None:
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code in SERVER_FAULT_CODES:

@@ -9,7 +9,8 @@ method names, status codes, table names) — never resource names, IPs or revisi
 
 The runtime's server handler wrapping records
 ``calico_grpc_server_handled_total{service,method,code}`` and
-``calico_grpc_server_handling_seconds{service,method}``; ``service`` is the fully qualified
+``calico_grpc_server_handling_seconds{service,method}`` (``rpc_metrics``: plain numbers, not
+these helpers' collectors, as every RPC pays for them); ``service`` is the fully qualified
 gRPC service (``calico.datastore.v1.Datastore``), not the process.
 
 ``start_metrics_server(port)`` serves ``/metrics`` on loopback by default from
@@ -26,8 +27,6 @@ from typing import Any, TypeVar
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
-    "GRPC_SERVER_HANDLED",
-    "GRPC_SERVER_HANDLING_SECONDS",
     "LATENCY_BUCKETS",
     "MetricsServer",
     "counter",
@@ -99,18 +98,6 @@ def histogram(
 ) -> Histogram:
     """The process-wide histogram ``name`` (created on first use)."""
     return _get_or_create(Histogram, name, documentation, labels, buckets=tuple(buckets))
-
-
-GRPC_SERVER_HANDLED = counter(
-    "calico_grpc_server_handled_total",
-    "RPCs completed on the server, by gRPC service, method and status code.",
-    ("service", "method", "code"),
-)
-GRPC_SERVER_HANDLING_SECONDS = histogram(
-    "calico_grpc_server_handling_seconds",
-    "Time from an RPC's arrival to its status, by gRPC service and method (streams included).",
-    ("service", "method"),
-)
 
 
 @dataclass

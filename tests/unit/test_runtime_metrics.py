@@ -50,3 +50,27 @@ def test_metrics_server_serves_the_registry() -> None:
         server.close()
     assert "calico_test_served_total 1.0" in body
     assert "calico_grpc_server_handled_total" in body  # declared by the runtime at import
+
+
+def test_rpc_metrics_are_prometheus_counters_and_histograms() -> None:
+    from libcalico.runtime.rpc_metrics import RPC_METRICS
+
+    stats = RPC_METRICS.method("calico.test.v1.Probe", "Get")
+    assert RPC_METRICS.method("calico.test.v1.Probe", "Get") is stats
+    for seconds, code in ((0.00025, "OK"), (0.0003, "OK"), (20.0, "INTERNAL")):
+        stats.observe(seconds, code)
+    labels = {"service": "calico.test.v1.Probe", "method": "Get"}
+
+    def sample(name: str, **extra: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {**labels, **extra})
+
+    assert sample("calico_grpc_server_handled_total", code="OK") == 2.0
+    assert sample("calico_grpc_server_handled_total", code="INTERNAL") == 1.0
+    # Buckets are cumulative and a value on a bound falls in it ("le").
+    assert sample("calico_grpc_server_handling_seconds_bucket", le="0.0001") == 0.0
+    assert sample("calico_grpc_server_handling_seconds_bucket", le="0.00025") == 1.0
+    assert sample("calico_grpc_server_handling_seconds_bucket", le="0.0005") == 2.0
+    assert sample("calico_grpc_server_handling_seconds_bucket", le="10.0") == 2.0
+    assert sample("calico_grpc_server_handling_seconds_bucket", le="+Inf") == 3.0
+    assert sample("calico_grpc_server_handling_seconds_count") == 3.0
+    assert sample("calico_grpc_server_handling_seconds_sum") == pytest.approx(20.00055)
