@@ -25,6 +25,7 @@ from libcalico.errors import (
 from services.ipam.allocator import (
     Allocator,
     AutoAssignArgs,
+    AutoAssignResult,
     ReleaseOptions,
     ResourceCache,
 )
@@ -170,15 +171,15 @@ async def test_the_one_address_shortcut_writes_what_the_general_path_writes(
         env = make_env()
         env.pool("p", "10.0.0.0/24")
         env.pool("q", "10.1.0.0/24")
-        one = env.alloc._assign_one_affine
+        serve = env.alloc._assign_batch
 
-        async def counted(*args: Any) -> str | None:
+        async def counted(node: str, args: AutoAssignArgs) -> AutoAssignResult | None:
             nonlocal answered
-            ip = await one(*args) if shortcut else None
-            answered += ip is not None
-            return ip
+            served = await serve(node, args) if shortcut else None
+            answered += served is not None
+            return served
 
-        monkeypatch.setattr(env.alloc, "_assign_one_affine", counted)
+        monkeypatch.setattr(env.alloc, "_assign_batch", counted)
         ips: list[str] = []
         for i in range(150):  # across blocks, both pools, a release and a shared handle
             pool = ["p"] if i % 3 else ["q"]
@@ -618,3 +619,133 @@ def test_random_sequences_keep_blocks_and_handles_consistent(
 def test_handle_model_ignores_unknown() -> None:
     h = Handle.from_json('{"block":{},"deleted":false,"x":1}')
     assert h.empty() and json.loads(h.to_json())["x"] == 1
+
+
+class GatedKV(MemoryKVStore):
+    """A memory store whose transactions wait at ``gate`` while it is closed (so requests
+    queue behind one in flight, as they do against a real etcd), and fail with ``error``
+    from the ``fail_from``-th transaction started on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started = 0
+        self.error: Exception | None = None
+        self.fail_from = 0
+
+    async def txn(self, compares: Sequence[tuple[str, int]], ops: Sequence[Op]) -> TxnResult:
+        n = self.started
+        self.started += 1
+        await self.gate.wait()
+        if self.error is not None and n >= self.fail_from:
+            raise self.error
+        return await super().txn(compares, ops)
+
+
+async def _queue_behind_one_in_flight(
+    env: Env, kv: GatedKV, requests: Sequence[AutoAssignArgs]
+) -> list[asyncio.Task[AutoAssignResult]]:
+    """Start ``requests`` while a first request on the same node is mid-transaction."""
+    kv.gate.clear()
+    first = asyncio.create_task(env.alloc.auto_assign(a4("n", "in-flight")))
+    await asyncio.sleep(0)
+    tasks = [asyncio.create_task(env.alloc.auto_assign(r)) for r in requests]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    kv.gate.set()
+    return [first, *tasks]
+
+
+async def test_queued_single_address_requests_share_one_block_write() -> None:
+    kv = GatedKV()
+    env = make_env(kv)
+    env.pool("p", "10.0.0.0/24")
+    env.alloc.resources.max_age = 60
+    await env.alloc.auto_assign(a4("n", "h-first"))  # claims the node's block
+    txns = kv.txns
+    tasks = await _queue_behind_one_in_flight(env, kv, [a4("n", f"pod{i}") for i in range(10)])
+    ips = [(await t).ipv4[0] for t in tasks]
+    assert kv.txns - txns == 2  # the one in flight, then all ten queued behind it together
+    # First come, first served, from the block's free list in order.
+    assert [ipaddress.ip_interface(ip).ip for ip in ips] == [
+        ipaddress.ip_address(f"10.0.0.{i}") for i in range(1, 12)
+    ]
+    for i in range(10):
+        assert env.handle(f"pod{i}") == {"block": {"10.0.0.0/26": 1}, "deleted": False}
+    assert_handles_consistent(env)
+
+
+async def test_a_batch_takes_what_the_block_holds_and_the_rest_go_their_own_way() -> None:
+    kv = GatedKV()
+    env = make_env(kv)
+    env.pool("p", "10.0.0.0/24", blockSize=28)  # 16 addresses a block
+    env.pool("q", "10.1.0.0/24")
+    env.alloc.resources.max_age = 60
+    known = (await env.alloc.auto_assign(a4("n", "known", n=12))).ipv4
+    first_block = ipaddress.ip_interface(known[0]).network  # 3 left after the one in flight
+    requests = [
+        *(a4("n", f"pod{i}") for i in range(6)),  # 3 fit the block; 3 need a new one
+        a4("n", "known"),  # a handle holding addresses already: the general path
+        a4("n", "pod0"),  # the same handle twice in the queue
+        a4("n", "other-pool", ipv4_pools=["q"]),  # other pools: not in this batch
+        AutoAssignArgs(node="n", num4=1, num6=0, handle=None),  # no handle: general path
+    ]
+    tasks = await _queue_behind_one_in_flight(env, kv, requests)
+    results = [await t for t in tasks]
+    got = allocated(env)  # asserts no address is handed out twice
+    assert len(got) == 12 + 1 + len(requests)
+    for r, res in zip(requests, results[1:], strict=True):
+        (ip,) = res.ipv4
+        assert got[ip.split("/")[0]][0] == r.handle
+    blocks = [ipaddress.ip_interface(res.ipv4[0]).network for res in results[1:7]]
+    assert blocks[:3] == [first_block] * 3  # the batch took what the block held
+    assert first_block not in blocks[3:]
+    assert results[-2].ipv4[0].startswith("10.1.0.")
+    assert sum(env.handle("pod0")["block"].values()) == 2  # type: ignore[index]
+    assert_handles_consistent(env)
+
+
+async def test_when_a_batch_write_fails_every_request_in_it_gets_the_error() -> None:
+    kv = GatedKV()
+    env = make_env(kv)
+    env.pool("p", "10.0.0.0/24")
+    env.alloc.resources.max_age = 60
+    await env.alloc.auto_assign(a4("n", "h-first"))
+    kv.gate.clear()
+    first = asyncio.create_task(env.alloc.auto_assign(a4("n", "in-flight")))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(env.alloc.auto_assign(a4("n", f"pod{i}"))) for i in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # The write in flight succeeds; the batch behind it meets a datastore that went away.
+    kv.error, kv.fail_from = ConnectionError("etcd went away"), kv.started
+    kv.gate.set()
+    assert (await first).ipv4
+    for t in queued:
+        with pytest.raises(ConnectionError):
+            await t
+    assert [h for h in ("pod0", "pod1", "pod2") if env.handle(h)] == []
+
+
+async def test_a_request_cancelled_in_the_queue_is_not_served() -> None:
+    kv = GatedKV()
+    env = make_env(kv)
+    env.pool("p", "10.0.0.0/24")
+    env.alloc.resources.max_age = 60
+    await env.alloc.auto_assign(a4("n", "h-first"))
+    kv.gate.clear()
+    first = asyncio.create_task(env.alloc.auto_assign(a4("n", "in-flight")))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(env.alloc.auto_assign(a4("n", "gone")))
+    stays = asyncio.create_task(env.alloc.auto_assign(a4("n", "stays")))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gone.cancel()
+    kv.gate.set()
+    await first
+    assert (await stays).ipv4
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert env.handle("gone") is None
+    assert env.alloc._waiting == {}
