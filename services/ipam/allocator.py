@@ -33,10 +33,17 @@ Differences from Calico's Go client, both because etcd has multi-key transaction
   understood: a pending affinity whose block is ours is confirmed by our next write to that
   block; one whose block does not exist is claimed by creating the block.
 
+The common request (one address, a handle holding none yet, the node's current affine block
+cached with room) skips the plan: ``_assign_batch`` makes the same choice and the same
+transaction directly.
+
 Concurrency: allocations for one node are serialised by an ``asyncio.Lock`` per node, so the
 service never races itself for a node's blocks; different nodes proceed concurrently and
 other processes (another service replica, Calico itself) are handled by compare-and-swap.
-Releases take no lock: they are rarer and compare-and-swap keeps them correct.
+One-address requests that find their node busy queue, and the next holder of the lock
+serves the queued ones it can together with its own: one block write for all of them (group
+commit), which is what a node starting many pods at once needs. Releases take no lock: they
+are rarer and compare-and-swap keeps them correct.
 
 An allocation is all-or-nothing: if the IPv6 half (or part of a multi-address request) cannot
 be satisfied, what was already taken is released before the error is raised.
