@@ -643,29 +643,38 @@ class GatedKV(MemoryKVStore):
         return await super().txn(compares, ops)
 
 
+async def _gated_env() -> tuple[Env, GatedKV]:
+    """A node with its block claimed, on a gated store."""
+    kv = GatedKV()
+    env = make_env(kv)
+    env.pool("p", "10.0.0.0/24")
+    env.alloc.resources.max_age = 60
+    await env.alloc.auto_assign(a4("n", "h-first"))
+    return env, kv
+
+
 async def _queue_behind_one_in_flight(
     env: Env, kv: GatedKV, requests: Sequence[AutoAssignArgs]
-) -> list[asyncio.Task[AutoAssignResult]]:
-    """Start ``requests`` while a first request on the same node is mid-transaction."""
+) -> tuple[asyncio.Task[AutoAssignResult], list[asyncio.Task[AutoAssignResult]]]:
+    """Start ``requests`` while a first request on the same node is mid-transaction; the
+    gate stays closed until the caller opens it."""
     kv.gate.clear()
     first = asyncio.create_task(env.alloc.auto_assign(a4("n", "in-flight")))
     await asyncio.sleep(0)
     tasks = [asyncio.create_task(env.alloc.auto_assign(r)) for r in requests]
     for _ in range(5):
         await asyncio.sleep(0)
-    kv.gate.set()
-    return [first, *tasks]
+    return first, tasks
 
 
 async def test_queued_single_address_requests_share_one_block_write() -> None:
-    kv = GatedKV()
-    env = make_env(kv)
-    env.pool("p", "10.0.0.0/24")
-    env.alloc.resources.max_age = 60
-    await env.alloc.auto_assign(a4("n", "h-first"))  # claims the node's block
+    env, kv = await _gated_env()
     txns = kv.txns
-    tasks = await _queue_behind_one_in_flight(env, kv, [a4("n", f"pod{i}") for i in range(10)])
-    ips = [(await t).ipv4[0] for t in tasks]
+    first, tasks = await _queue_behind_one_in_flight(
+        env, kv, [a4("n", f"pod{i}") for i in range(10)]
+    )
+    kv.gate.set()
+    ips = [(await t).ipv4[0] for t in (first, *tasks)]
     assert kv.txns - txns == 2  # the one in flight, then all ten queued behind it together
     # First come, first served, from the block's free list in order.
     assert [ipaddress.ip_interface(ip).ip for ip in ips] == [
@@ -691,14 +700,16 @@ async def test_a_batch_takes_what_the_block_holds_and_the_rest_go_their_own_way(
         a4("n", "other-pool", ipv4_pools=["q"]),  # other pools: not in this batch
         AutoAssignArgs(node="n", num4=1, num6=0, handle=None),  # no handle: general path
     ]
-    tasks = await _queue_behind_one_in_flight(env, kv, requests)
+    first, tasks = await _queue_behind_one_in_flight(env, kv, requests)
+    kv.gate.set()
+    await first
     results = [await t for t in tasks]
     got = allocated(env)  # asserts no address is handed out twice
     assert len(got) == 12 + 1 + len(requests)
-    for r, res in zip(requests, results[1:], strict=True):
+    for r, res in zip(requests, results, strict=True):
         (ip,) = res.ipv4
         assert got[ip.split("/")[0]][0] == r.handle
-    blocks = [ipaddress.ip_interface(res.ipv4[0]).network for res in results[1:7]]
+    blocks = [ipaddress.ip_interface(res.ipv4[0]).network for res in results[:6]]
     assert blocks[:3] == [first_block] * 3  # the batch took what the block held
     assert first_block not in blocks[3:]
     assert results[-2].ipv4[0].startswith("10.1.0.")
@@ -707,17 +718,10 @@ async def test_a_batch_takes_what_the_block_holds_and_the_rest_go_their_own_way(
 
 
 async def test_when_a_batch_write_fails_every_request_in_it_gets_the_error() -> None:
-    kv = GatedKV()
-    env = make_env(kv)
-    env.pool("p", "10.0.0.0/24")
-    env.alloc.resources.max_age = 60
-    await env.alloc.auto_assign(a4("n", "h-first"))
-    kv.gate.clear()
-    first = asyncio.create_task(env.alloc.auto_assign(a4("n", "in-flight")))
-    await asyncio.sleep(0)
-    queued = [asyncio.create_task(env.alloc.auto_assign(a4("n", f"pod{i}"))) for i in range(3)]
-    for _ in range(5):
-        await asyncio.sleep(0)
+    env, kv = await _gated_env()
+    first, queued = await _queue_behind_one_in_flight(
+        env, kv, [a4("n", f"pod{i}") for i in range(3)]
+    )
     # The write in flight succeeds; the batch behind it meets a datastore that went away.
     kv.error, kv.fail_from = ConnectionError("etcd went away"), kv.started
     kv.gate.set()
@@ -729,18 +733,10 @@ async def test_when_a_batch_write_fails_every_request_in_it_gets_the_error() -> 
 
 
 async def test_a_request_cancelled_in_the_queue_is_not_served() -> None:
-    kv = GatedKV()
-    env = make_env(kv)
-    env.pool("p", "10.0.0.0/24")
-    env.alloc.resources.max_age = 60
-    await env.alloc.auto_assign(a4("n", "h-first"))
-    kv.gate.clear()
-    first = asyncio.create_task(env.alloc.auto_assign(a4("n", "in-flight")))
-    await asyncio.sleep(0)
-    gone = asyncio.create_task(env.alloc.auto_assign(a4("n", "gone")))
-    stays = asyncio.create_task(env.alloc.auto_assign(a4("n", "stays")))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    env, kv = await _gated_env()
+    first, (gone, stays) = await _queue_behind_one_in_flight(
+        env, kv, [a4("n", "gone"), a4("n", "stays")]
+    )
     gone.cancel()
     kv.gate.set()
     await first
