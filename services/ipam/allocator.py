@@ -689,6 +689,7 @@ class Allocator:
         known = self._handles.get(handle)
         if known is not None and known[0] is not None:
             return None
+        handle_key = keys.handle_key(handle)  # a handle no key can hold fails here, alone
         version = 4 if args.num4 else 6
         requested = args.ipv4_pools if version == 4 else args.ipv6_pools
         try:
@@ -724,17 +725,16 @@ class Allocator:
         others = self._batch_from_queue(node, args, new)
         new.bump()
         held_json = Handle({new.cidr_text: 1}).to_json()
-        handle_keys = [keys.handle_key(handle), *(keys.handle_key(o.handle) for o, _ in others)]
         compares = [(new.key, rev)]
         ops: list[Op] = [Put(new.key, new.to_json())]
-        for hkey in handle_keys:
+        for hkey in (handle_key, *(k for _, _, k in others)):
             compares.append((hkey, 0))
             ops.append(Put(hkey, held_json))
         self.stats["txns"] += 1
         try:
             result = await self.kv.txn(compares, ops)
         except Exception as exc:
-            for other, _ in others:
+            for other, _, _ in others:
                 other.done.set_exception(exc)
                 other.done.exception()  # read: a caller that went away never will
             raise
@@ -745,21 +745,22 @@ class Allocator:
         rev = result.revision
         self._cache_block(cidr, new, rev)
         self._cache_handle(handle, Handle({new.cidr_text: 1}), rev)
-        for other, other_ordinal in others:
+        for other, other_ordinal, _ in others:
             self._cache_handle(other.handle, Handle({new.cidr_text: 1}), rev)
             other.done.set_result(_one_result(version, new.ip_with_prefix(other_ordinal)))
         return _one_result(version, new.ip_with_prefix(ordinal))
 
     def _batch_from_queue(
         self, node: str, args: AutoAssignArgs, block: Block
-    ) -> list[tuple[_OneAddress, int]]:
+    ) -> list[tuple[_OneAddress, int, str]]:
         """Take from ``node``'s queue, in order, the requests like ``args`` (one address, same
         family and pools, a handle holding nothing yet and not taken already) that still fit
-        in ``block``, assigning each its ordinal there."""
+        in ``block``, assigning each its ordinal there; with each, its handle's key. A handle
+        no key can hold is left to fail on its own turn, not in this batch."""
         waiting = self._waiting.get(node)
         if not waiting:
             return []
-        taken: list[tuple[_OneAddress, int]] = []
+        taken: list[tuple[_OneAddress, int, str]] = []
         handles = {args.handle}
         for one in waiting:
             if not block.unallocated:
@@ -774,8 +775,12 @@ class Allocator:
             known = self._handles.get(one.handle)
             if known is not None and known[0] is not None:
                 continue
+            try:
+                handle_key = keys.handle_key(one.handle)
+            except ValidationError:
+                continue
             ordinal = block.auto_assign(1, one.handle, one.args.attrs, new_handle=True)[0]
-            taken.append((one, ordinal))
+            taken.append((one, ordinal, handle_key))
             handles.add(one.handle)
         return taken
 

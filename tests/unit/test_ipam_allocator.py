@@ -700,10 +700,14 @@ async def test_a_batch_takes_what_the_block_holds_and_the_rest_go_their_own_way(
         a4("n", "other-pool", ipv4_pools=["q"]),  # other pools: not in this batch
         AutoAssignArgs(node="n", num4=1, num6=0, handle=None),  # no handle: general path
     ]
-    first, tasks = await _queue_behind_one_in_flight(env, kv, requests)
+    # Behind the batch's first request, a handle no key can hold: an error for it alone.
+    queue = [requests[0], a4("n", "bad/handle"), *requests[1:]]
+    first, tasks = await _queue_behind_one_in_flight(env, kv, queue)
     kv.gate.set()
     await first
-    results = [await t for t in tasks]
+    with pytest.raises(ValidationError, match="bad/handle"):
+        await tasks[1]
+    results = [await t for t in (tasks[0], *tasks[2:])]
     got = allocated(env)  # asserts no address is handed out twice
     assert len(got) == 12 + 1 + len(requests)
     for r, res in zip(requests, results, strict=True):
