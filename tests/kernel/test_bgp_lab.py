@@ -284,9 +284,17 @@ def test_gobgp_top_of_rack_learns_every_block_through_a_global_bgppeer(
             return all(_best_next_hop(rib.get(b, [])) == hop for b, hop in want.items())
 
         wait_for(learned, "the top-of-rack router to learn every node's block", 45)
-        for node in NODES:
-            rows = status_rows(lab.node_status(node))
-            assert (TOR_ADDRESS, "global", "up", "Established") in rows, rows
+
+        def established() -> bool:
+            # Polled too: the router's table and a node's own view of its session are read at
+            # different moments. One suite run saw a node report the session "Active" right
+            # after the router had every block with the right next hop.
+            return all(
+                (TOR_ADDRESS, "global", "up", "Established") in status_rows(lab.node_status(n))
+                for n in NODES
+            )
+
+        wait_for(established, "every node's session with the top-of-rack router", 45)
         # The global peer came on top of the node's other sessions, which stay up.
         assert len(status_rows(lab.node_status("node-1"))) == 3
         assert routes_to_remote_blocks(lab)
