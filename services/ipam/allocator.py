@@ -57,7 +57,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -684,10 +684,7 @@ class Allocator:
         outright, the requests it served get its error as well.
         """
         handle = args.handle
-        if handle is None:
-            return None
-        known = self._handles.get(handle)
-        if known is not None and known[0] is not None:
+        if handle is None or self._holds_addresses(handle):
             return None
         handle_key = keys.handle_key(handle)  # a handle no key can hold fails here, alone
         version = 4 if args.num4 else 6
@@ -702,18 +699,10 @@ class Allocator:
         order, affine = self._affine_order.get(key), self._affinity.get(key)
         if order is None or affine is None:
             return None
-        leading_full = True
-        for idx in range(self._affine_full.get(key, 0), len(order)):  # as _plan_affine walks
-            cidr = order[idx]
-            cached = self._blocks.get(cidr)
+        for cidr, cached in self._affine_walk(node, version, order):
             if cached is None:
                 return None
-            if cached[0].host == node and not cached[0].unallocated:
-                if leading_full:  # the walk starts after it from now on, as in _plan_affine
-                    self._affine_full[key] = idx + 1
-                continue
-            leading_full = False
-            if cached[0].host == node and self._in_pools(cidr, pools):
+            if self._in_pools(cidr, pools):
                 break
         else:
             return None
@@ -772,8 +761,7 @@ class Allocator:
                 or not _same_request(one.args, args)
             ):
                 continue
-            known = self._handles.get(one.handle)
-            if known is not None and known[0] is not None:
+            if self._holds_addresses(one.handle):
                 continue
             try:
                 handle_key = keys.handle_key(one.handle)
@@ -909,23 +897,8 @@ class Allocator:
         # A handle this allocator has never seen holding addresses (nearly every request: one
         # handle per pod) cannot have an attribute entry to reuse; should that be wrong, the
         # commit's compare on the handle (must not exist) fails and the retry knows better.
-        cached_handle = self._handles.get(args.handle) if args.handle else None
-        new_handle = cached_handle is None or cached_handle[0] is None
-        leading_full = True
-        for idx in range(self._affine_full.get(key, 0), len(order)):
-            if rem <= 0:
-                break
-            cidr = order[idx]
-            cached = self._blocks.get(cidr)
-            if cached is not None:
-                if cached[0].host != node:
-                    leading_full = False
-                    continue  # not ours any more
-                if not cached[0].unallocated:
-                    if leading_full:
-                        self._affine_full[key] = idx + 1
-                    continue  # full: the common case for all but one block
-            leading_full = False
+        new_handle = not self._holds_addresses(args.handle)
+        for cidr, cached in self._affine_walk(node, version, order):
             if not self._in_pools(cidr, pools) or (reservations and reservations.covers(cidr)):
                 continue
             if cached is None:
@@ -951,7 +924,37 @@ class Allocator:
                     arev,
                 )
             rem -= len(ords)
+            if rem <= 0:
+                break  # before the walk looks at another block
         return plan if plan.ips else None
+
+    def _affine_walk(
+        self, node: str, version: int, order: Sequence[Network]
+    ) -> Iterator[tuple[Network, tuple[Block, int] | None]]:
+        """The node's affine blocks that may have room, in address order, each with its cached
+        block (``None``: not cached). Blocks cached as another node's are skipped; so are full
+        ones, and the leading full ones are remembered, so the next walk starts after them:
+        a node with many full blocks costs one look-up per allocation, not one per block."""
+        key = (node, version)
+        leading_full = True
+        for idx in range(self._affine_full.get(key, 0), len(order)):
+            cidr = order[idx]
+            cached = self._blocks.get(cidr)
+            if cached is not None:
+                if cached[0].host != node:
+                    leading_full = False
+                    continue  # not ours any more
+                if not cached[0].unallocated:
+                    if leading_full:
+                        self._affine_full[key] = idx + 1
+                    continue  # full: the common case for all but one block
+            leading_full = False
+            yield cidr, cached
+
+    def _holds_addresses(self, handle: str | None) -> bool:
+        """Whether the cache knows ``handle`` to hold addresses (absent or unseen: not)."""
+        known = self._handles.get(handle) if handle else None
+        return known is not None and known[0] is not None
 
     async def _plan_claim(
         self,
