@@ -31,7 +31,8 @@ What ``Server`` does, in order:
    ``addresses``). ``SO_REUSEPORT`` is off so two instances cannot silently share a port;
 3. starts serving, marks health SERVING (or NOT_SERVING with ``initially_serving=False`` until
    the service calls ``set_serving(True)``), starts the metrics endpoint;
-4. runs the background ``tasks`` in one ``asyncio.TaskGroup``. A task that raises is a bug:
+4. runs the background ``tasks`` in one ``asyncio.TaskGroup`` (``serve`` adds the
+   ``cpu_affinity`` sampler, see ``cpu_affinity``). A task that raises is a bug:
    it is logged with its traceback, the others are cancelled, the server stops and the
    exception propagates so the process exits non-zero (crash-only; the supervisor restarts
    it). A task that returns is logged and not restarted. Environment failures (etcd down) are
@@ -79,6 +80,7 @@ from grpc_reflection.v1alpha import reflection
 from libcalico.errors import FailedPreconditionError, UnavailableError, ValidationError
 from libcalico.runtime import log as _logmod
 from libcalico.runtime.channel import DEFAULT_CHANNEL_OPTIONS
+from libcalico.runtime.cpu_affinity import apply_cpu_affinity
 from libcalico.runtime.interceptors import InstrumentedServer
 from libcalico.runtime.log import get_logger
 from libcalico.runtime.metrics import MetricsServer, start_metrics_server
@@ -118,6 +120,8 @@ class ServerSpec:
     options: Sequence[tuple[str, Any]] = ()
     untraced_methods: Sequence[str] = ()
     """Full method names (``/pkg.Service/Method``) that get no span of their own."""
+    cpu_affinity: str = "all"
+    """``adaptive``, ``all`` or a CPU list (``cpu_affinity``); only ``serve`` applies it."""
 
 
 class _StopRequested(Exception):
@@ -379,8 +383,15 @@ class Server:
 
 
 async def serve(spec: ServerSpec) -> None:
-    """Run ``spec``'s server until SIGTERM/SIGINT; a crashed task's exception propagates."""
-    await Server(spec).run(handle_signals=True)
+    """Run ``spec``'s server until SIGTERM/SIGINT; a crashed task's exception propagates.
+
+    This is the process's own server, so it also applies ``spec.cpu_affinity``.
+    """
+    server = Server(spec)
+    adapt = apply_cpu_affinity(spec.cpu_affinity)
+    if adapt is not None:
+        server.add_task("cpu-affinity", adapt)
+    await server.run(handle_signals=True)
 
 
 async def start_in_process(spec: ServerSpec) -> Server:

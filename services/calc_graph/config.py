@@ -10,6 +10,7 @@
 | ``update_chunk`` | updates applied between yields to the event loop | 500 |
 | ``trace_file`` / ``otlp_endpoint`` | spans | none |
 | ``metrics_port`` | Prometheus ``/metrics`` on 127.0.0.1 | none |
+| ``cpu_affinity`` | ``adaptive``, ``all`` or CPUs ``0-3,6`` (``runtime.cpu_affinity``) | adaptive |
 | ``log_level`` | DEBUG/INFO/WARNING/ERROR | INFO |
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from libcalico.runtime.cpu_affinity import parse_cpu_affinity
 
 ENV_PREFIX = "CALICO_CALC_GRAPH_"
 LAB_SOCKET = "unix:///run/calico-lab/sock/calc_graph.sock"
@@ -35,9 +38,11 @@ class CalcGraphConfig:
     trace_file: Path | None = None
     otlp_endpoint: str | None = None
     metrics_port: int | None = None
+    cpu_affinity: str = "adaptive"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        parse_cpu_affinity(self.cpu_affinity)
         if self.flush_interval < 0 or self.resync_flush_interval < 0:
             raise ValueError("flush intervals cannot be negative")
         if self.max_batches < 1 or self.max_messages < 1:

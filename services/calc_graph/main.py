@@ -69,6 +69,7 @@ def server_spec(svc: CalcGraphService, cfg: CalcGraphConfig) -> ServerSpec:
         tasks={"syncer": svc.syncer.run, "flush": svc.driver.run,
                "status-writer": svc.status_writer.run},
         metrics_port=cfg.metrics_port,
+        cpu_affinity=cfg.cpu_affinity,
     )
 
 

@@ -90,6 +90,7 @@ def server_spec(graph: DatastoreGraph, cfg: DatastoreConfig) -> ServerSpec:
         # client's connection.
         untraced_methods=[f"/{SERVICE_NAME}/Session"],
         metrics_port=cfg.metrics_port,
+        cpu_affinity=cfg.cpu_affinity,
         initially_serving=False,
     )
 

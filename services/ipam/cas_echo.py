@@ -4,7 +4,9 @@
         python -m services.ipam.cas_echo
 
 It runs exactly like ``calico-ipam-service`` (``run_main``, the runtime's ``Server`` with its
-handler wrapping, spans and metrics, the same event loop) and its handler does what an allocation
+handler wrapping, spans and metrics, the same event loop and CPU affinity, which
+``CALICO_CAS_ECHO_CPU_AFFINITY`` sets as ``CALICO_IPAM_CPU_AFFINITY`` does the service's)
+and its handler does what an allocation
 into a cached affine block does on the wire -- one Txn comparing a key's mod revision and
 putting a block-sized value, through ``EtcdKVStore`` -- and nothing else (the values' sizes
 come from ``CALICO_CAS_ECHO_VALUE_SIZES``, comma-separated bytes used in turn, so the bench can
@@ -62,13 +64,14 @@ async def amain() -> None:
     etcd = os.environ["CALICO_CAS_ECHO_ETCD"]
     sizes = os.environ.get("CALICO_CAS_ECHO_VALUE_SIZES", "2048")
     values = [b"x" * int(size) for size in sizes.split(",")]
+    cpu_affinity = os.environ.get("CALICO_CAS_ECHO_CPU_AFFINITY", "adaptive")
     setup_logging("cas-echo", os.environ.get("CALICO_CAS_ECHO_LOG_LEVEL", "WARNING"))
     setup_tracing("cas-echo")
     kv = EtcdKVStore.from_endpoint(etcd)
     echo = CasEcho(kv, values)
     try:
         await serve(ServerSpec(service="cas-echo", listen=[listen], register=echo.register,
-                               service_names=[SERVICE]))
+                               service_names=[SERVICE], cpu_affinity=cpu_affinity))
     finally:
         await kv.close()
 

@@ -9,6 +9,7 @@
 | ``retries`` | compare-and-swap conflicts tolerated per request (Calico: 100) | 100 |
 | ``trace_file`` / ``otlp_endpoint`` | spans | none |
 | ``metrics_port`` | Prometheus ``/metrics`` on 127.0.0.1 | none |
+| ``cpu_affinity`` | ``adaptive``, ``all`` or CPUs ``0-3,6`` (``runtime.cpu_affinity``) | adaptive |
 | ``log_level`` | DEBUG/INFO/WARNING/ERROR | INFO |
 
 With ``etcd_endpoints`` the IPAM keys and the few resources the service reads (pools,
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from libcalico.runtime.cpu_affinity import parse_cpu_affinity
 
 ENV_PREFIX = "CALICO_IPAM_"
 LAB_SOCKET = "unix:///run/calico-lab/sock/ipam.sock"
@@ -36,9 +39,11 @@ class IPAMServiceConfig:
     trace_file: Path | None = None
     otlp_endpoint: str | None = None
     metrics_port: int | None = None
+    cpu_affinity: str = "adaptive"
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        parse_cpu_affinity(self.cpu_affinity)
         if self.resource_cache_seconds < 0:
             raise ValueError("resource_cache_seconds cannot be negative")
         if self.retries < 1:

@@ -85,6 +85,7 @@ def server_spec(graph: IPAMGraph, cfg: IPAMServiceConfig) -> ServerSpec:
         register=lambda server: pb_grpc.add_IPAMServicer_to_server(graph.servicer, server),
         service_names=[SERVICE_NAME],
         metrics_port=cfg.metrics_port,
+        cpu_affinity=cfg.cpu_affinity,
     )
 
 

@@ -15,6 +15,7 @@ The service is stateless between streams: a driver's session state lives in its 
 | ``felix_config`` | Felix parameters every session starts from (``Name=value,…``) | none |
 | ``trace_file`` / ``otlp_endpoint`` | spans (JSON lines / OTLP collector) | none |
 | ``metrics_port`` | Prometheus ``/metrics`` on 127.0.0.1 | none |
+| ``cpu_affinity`` | ``adaptive``, ``all`` or CPUs ``0-3,6`` (``runtime.cpu_affinity``) | adaptive |
 | ``log_level`` | DEBUG/INFO/WARNING/ERROR | INFO |
 """
 
@@ -34,6 +35,7 @@ from libcalico.runtime import (
     setup_logging,
     setup_tracing,
 )
+from libcalico.runtime.cpu_affinity import parse_cpu_affinity
 
 from .config import CompilerConfig
 from .servicer import PolicyServicer
@@ -52,7 +54,11 @@ class PolicyServiceConfig:
     trace_file: Path | None = None
     otlp_endpoint: str | None = None
     metrics_port: int | None = None
+    cpu_affinity: str = "adaptive"
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        parse_cpu_affinity(self.cpu_affinity)
 
     def felix_params(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -78,6 +84,7 @@ def server_spec(servicer: PolicyServicer, cfg: PolicyServiceConfig) -> ServerSpe
         register=lambda server: pb_grpc.add_PolicyCompilerServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
         metrics_port=cfg.metrics_port,
+        cpu_affinity=cfg.cpu_affinity,
     )
 
 
