@@ -22,9 +22,10 @@ The ``cpu_affinity`` setting of the control-plane services chooses:
 - a CPU list, ``1`` or ``0-3,6``: pinned for good. This is the shape a guaranteed pod gets from
   Kubernetes' static CPU manager.
 
-Only a process entry point (``serve``) applies the setting. Servers started in-process share a
-test's process and leave it alone. The node agents have no such setting: they fork
-iptables-restore and BIRD, which would inherit a one-CPU mask, and they run beside the pods.
+Only a process's own server applies the setting (``Server.run(handle_signals=True)``, which
+``serve`` calls). Servers started in-process share a test's process and leave it alone. The
+node agents have no such setting: they fork iptables-restore and BIRD, which would inherit a
+one-CPU mask, and they run beside the pods.
 
 Metrics: ``calico_cpu_affinity_cpus`` (CPUs the threads may use now) and
 ``calico_cpu_affinity_changes_total{to="gathered"|"spread"}``.

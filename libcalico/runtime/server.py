@@ -32,7 +32,7 @@ What ``Server`` does, in order:
 3. starts serving, marks health SERVING (or NOT_SERVING with ``initially_serving=False`` until
    the service calls ``set_serving(True)``), starts the metrics endpoint;
 4. runs the background ``tasks`` in one ``asyncio.TaskGroup`` (``serve`` adds the
-   ``cpu_affinity`` sampler, see ``cpu_affinity``). A task that raises is a bug:
+   ``cpu_affinity`` sampler, see ``runtime.cpu_affinity``). A task that raises is a bug:
    it is logged with its traceback, the others are cancelled, the server stops and the
    exception propagates so the process exits non-zero (crash-only; the supervisor restarts
    it). A task that returns is logged and not restarted. Environment failures (etcd down) are
@@ -121,7 +121,8 @@ class ServerSpec:
     untraced_methods: Sequence[str] = ()
     """Full method names (``/pkg.Service/Method``) that get no span of their own."""
     cpu_affinity: str = "all"
-    """``adaptive``, ``all`` or a CPU list (``cpu_affinity``); only ``serve`` applies it."""
+    """``adaptive``, ``all`` or a CPU list (``cpu_affinity``); only a process's own server
+    (``run(handle_signals=True)``, as ``serve`` does) applies it."""
 
 
 class _StopRequested(Exception):
@@ -274,7 +275,15 @@ class Server:
         )
 
     async def run(self, *, handle_signals: bool = True) -> None:
-        """Start (if not started), run the tasks and serve until stopped or a task crashes."""
+        """Start (if not started), run the tasks and serve until stopped or a task crashes.
+
+        With ``handle_signals`` this is the process's own server: it takes SIGTERM/SIGINT and
+        applies ``spec.cpu_affinity`` to the process. In-process servers pass ``False``.
+        """
+        if handle_signals:
+            adapt = apply_cpu_affinity(self.spec.cpu_affinity)
+            if adapt is not None:
+                self.add_task("cpu-affinity", adapt)
         if self._server is None:
             await self.start()
         loop = asyncio.get_running_loop()
@@ -383,15 +392,8 @@ class Server:
 
 
 async def serve(spec: ServerSpec) -> None:
-    """Run ``spec``'s server until SIGTERM/SIGINT; a crashed task's exception propagates.
-
-    This is the process's own server, so it also applies ``spec.cpu_affinity``.
-    """
-    server = Server(spec)
-    adapt = apply_cpu_affinity(spec.cpu_affinity)
-    if adapt is not None:
-        server.add_task("cpu-affinity", adapt)
-    await server.run(handle_signals=True)
+    """Run ``spec``'s server until SIGTERM/SIGINT; a crashed task's exception propagates."""
+    await Server(spec).run(handle_signals=True)
 
 
 async def start_in_process(spec: ServerSpec) -> Server:

@@ -18,8 +18,11 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from libcalico.etcd_server import EtcdServer
 from libcalico.runtime.cpu_affinity import format_cpu_list, parse_cpu_list
+from libcalico.testing.datastore import DatastoreProcess
 from libcalico.testing.service_process import ServiceProcess
+from services.ipam.testing import IPAMProcess
 
 ALLOWED = frozenset(os.sched_getaffinity(0))
 needs_two_cpus = pytest.mark.skipif(
@@ -75,6 +78,21 @@ async def test_a_fixed_list_pins_every_thread(tmp_path: Path) -> None:
     assert {"event": "cpu affinity", "mode": "fixed", "cpus": str(cpu)}.items() <= next(
         e for e in events if e["event"] == "cpu affinity"
     ).items()
+
+
+async def test_the_datastore_and_ipam_services_apply_it_too(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    # The datastore builds its own Server (extra tasks) instead of calling serve().
+    cpu = max(ALLOWED)
+    datastore = DatastoreProcess([etcd.endpoint], tmp_path / "ds.sock",
+                                 env={"CALICO_DATASTORE_CPU_AFFINITY": str(cpu)})
+    ipam = IPAMProcess(tmp_path / "ipam.sock", etcd_endpoints=etcd.endpoint,
+                       env={"CALICO_IPAM_CPU_AFFINITY": str(cpu)})
+    async with datastore, ipam:
+        for svc in (datastore, ipam):
+            assert svc.proc is not None
+            assert await wait_for_cpus(svc.proc.pid, frozenset({cpu}), 5) == {frozenset({cpu})}
 
 
 @needs_two_cpus
