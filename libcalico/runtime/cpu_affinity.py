@@ -11,13 +11,16 @@ allocations/s spread, ~1,350/s on one CPU).
 
 The ``cpu_affinity`` setting of the control-plane services chooses:
 
-- ``adaptive`` (their default): every ``PERIOD`` seconds, measure how much CPU the process's
-  threads wanted: time running plus time waiting in a run queue
-  (``/proc/self/task/*/schedstat``). Waiting counts, so a process starved by its neighbours still
-  looks busy. While that stays under ``GATHER_BELOW`` of one CPU for ``SETTLE`` samples in a
-  row, all threads are gathered on the CPU the event loop last ran on. As soon as it goes over
-  ``SPREAD_ABOVE``, they are spread back over every CPU the process started with. A sequential
-  client needs ~0.6 CPU of the IPAM service; two requests in flight already need ~1.0.
+- ``adaptive`` (their default): every ``PERIOD`` seconds, read how long the process's threads
+  ran and how long they sat runnable in a run queue (``/proc/self/task/*/schedstat``); their
+  sum is the CPU the process wanted. While it wants less than ``GATHER_BELOW`` of one CPU and
+  queues for less than ``QUEUED_BELOW`` of the time it runs, for ``SETTLE`` samples in a row,
+  all threads are gathered on the CPU the event loop last ran on. They are spread back over
+  every CPU the process started with as soon as it wants more than ``SPREAD_ABOVE``, or
+  queues for longer than it runs: a neighbour is then hogging the chosen CPU, and spreading
+  lets the scheduler move the threads off it (the next gather picks the CPU they moved to).
+  A sequential client needs ~0.6 CPU of the IPAM service, queued for ~0.2 of its run time;
+  two requests in flight already need ~1.0.
 - ``all``: the scheduler decides, as for any process.
 - a CPU list, ``1`` or ``0-3,6``: pinned for good. This is the shape a guaranteed pod gets from
   Kubernetes' static CPU manager.
@@ -55,6 +58,10 @@ __all__ = [
 PERIOD = 0.1
 GATHER_BELOW = 0.8
 SPREAD_ABOVE = 1.0
+QUEUED_BELOW = 0.5
+QUEUED_ABOVE = 1.0
+QUEUE_MATTERS_ABOVE = 0.05
+"""Below this much CPU wanted, queueing is scheduler noise around an idle process."""
 SETTLE = 3
 
 _log = get_logger(__name__)
@@ -108,30 +115,26 @@ def parse_cpu_affinity(text: str) -> AffinityPolicy:
 
 
 class AdaptiveAffinity:
-    """The ``adaptive`` policy's decisions, fed one demand sample (CPUs wanted) at a time."""
+    """The ``adaptive`` policy's decisions, fed one sample at a time: CPU-seconds per second
+    the process's threads ran and waited to run."""
 
-    def __init__(
-        self,
-        *,
-        gather_below: float = GATHER_BELOW,
-        spread_above: float = SPREAD_ABOVE,
-        settle: int = SETTLE,
-    ) -> None:
-        self.gather_below = gather_below
-        self.spread_above = spread_above
+    def __init__(self, *, settle: int = SETTLE) -> None:
         self.settle = settle
         self.gathered = False
         self._calm = 0
 
-    def observe(self, demand: float) -> Literal["gather", "spread"] | None:
+    def observe(self, run: float, wait: float) -> Literal["gather", "spread"] | None:
         """What to do now: ``"gather"``, ``"spread"`` or nothing."""
+        wanted = run + wait
+        queueing = wanted > QUEUE_MATTERS_ABOVE
         if self.gathered:
-            if demand > self.spread_above:
+            if wanted > SPREAD_ABOVE or (queueing and wait > QUEUED_ABOVE * run):
                 self.gathered = False
                 self._calm = 0
                 return "spread"
             return None
-        self._calm = self._calm + 1 if demand < self.gather_below else 0
+        calm = wanted < GATHER_BELOW and not (queueing and wait > QUEUED_BELOW * run)
+        self._calm = self._calm + 1 if calm else 0
         if self._calm >= self.settle:
             self.gathered = True
             return "gather"
@@ -149,17 +152,18 @@ def _set_threads(cpus: frozenset[int]) -> None:
             os.sched_setaffinity(tid, cpus)
 
 
-def _wanted_seconds() -> float:
-    """Seconds this process's live threads have run or waited to run, in all."""
-    total = 0
+def _run_and_wait() -> tuple[float, float]:
+    """Seconds this process's live threads have run, and waited to run, in all."""
+    run = wait = 0
     for tid in _thread_ids():
         try:
             with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-                run, wait, _ = f.read().split()
+                ran, waited, _ = f.read().split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(run) + int(wait)
-    return total / 1e9
+        run += int(ran)
+        wait += int(waited)
+    return run / 1e9, wait / 1e9
 
 
 def _current_cpu() -> int:
@@ -180,14 +184,17 @@ async def _adapt(allowed: frozenset[int]) -> None:
     cpus_now.set(len(allowed))
     policy = AdaptiveAffinity()
     loop = asyncio.get_running_loop()
-    last_wanted, last_time = _wanted_seconds(), loop.time()
+    (last_run, last_wait), last_time = _run_and_wait(), loop.time()
     try:
         while True:
             await asyncio.sleep(PERIOD)
-            wanted, now = _wanted_seconds(), loop.time()
-            demand = max(0.0, wanted - last_wanted) / max(now - last_time, 1e-3)
-            last_wanted, last_time = wanted, now
-            action = policy.observe(demand)
+            (ran, waited), now = _run_and_wait(), loop.time()
+            elapsed = max(now - last_time, 1e-3)
+            # A thread that exited takes its counts with it: never below zero.
+            run = max(0.0, ran - last_run) / elapsed
+            wait = max(0.0, waited - last_wait) / elapsed
+            (last_run, last_wait), last_time = (ran, waited), now
+            action = policy.observe(run, wait)
             if action is None:
                 continue
             target = frozenset({_current_cpu()}) if action == "gather" else allowed
@@ -202,7 +209,7 @@ async def _adapt(allowed: frozenset[int]) -> None:
             cpus_now.set(len(target))
             changes.labels("gathered" if action == "gather" else "spread").inc()
             _log.debug("cpu affinity", action=action, cpus=format_cpu_list(target),
-                       demand=round(demand, 2))
+                       run=round(run, 2), wait=round(wait, 2))
     finally:
         with contextlib.suppress(OSError):
             _set_threads(allowed)

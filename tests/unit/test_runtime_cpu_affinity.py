@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -63,33 +64,50 @@ def test_a_bad_setting_names_itself_and_the_forms() -> None:
 
 def test_adaptive_gathers_only_after_settled_calm() -> None:
     policy = AdaptiveAffinity()
-    calm = GATHER_BELOW / 2
     for _ in range(SETTLE - 1):
-        assert policy.observe(calm) is None
-    assert policy.observe(SPREAD_ABOVE * 2) is None  # a busy sample starts the count again
+        assert policy.observe(0.5, 0.1) is None
+    assert policy.observe(1.5, 0.2) is None  # a busy sample starts the count again
     for _ in range(SETTLE - 1):
-        assert policy.observe(calm) is None
-    assert policy.observe(calm) == "gather"
+        assert policy.observe(0.5, 0.1) is None
+    assert policy.observe(0.5, 0.1) == "gather"
     assert policy.gathered
-    assert policy.observe(calm) is None  # already gathered
+    assert policy.observe(0.5, 0.1) is None  # already gathered
+
+
+def test_an_idle_process_gathers_and_stays_gathered() -> None:
+    # Near idle, run and wait are a few scheduler ticks and their ratio means nothing.
+    policy = AdaptiveAffinity(settle=1)
+    assert policy.observe(0.001, 0.004) == "gather"
+    assert [policy.observe(0.0005, 0.002) for _ in range(10)] == [None] * 10
 
 
 def test_adaptive_spreads_at_the_first_busy_sample() -> None:
     policy = AdaptiveAffinity(settle=1)
-    assert policy.observe(0.1) == "gather"
-    assert policy.observe(SPREAD_ABOVE) is None  # at the threshold is not over it
-    assert policy.observe(SPREAD_ABOVE + 0.01) == "spread"
+    assert policy.observe(0.1, 0.0) == "gather"
+    assert policy.observe(SPREAD_ABOVE * 0.8, SPREAD_ABOVE * 0.2) is None  # at, not over
+    assert policy.observe(0.8, 0.3) == "spread"
     assert not policy.gathered
+
+
+def test_queueing_longer_than_running_spreads_a_light_process() -> None:
+    # A neighbour hogs the CPU the threads were gathered on: they wait more than they run.
+    policy = AdaptiveAffinity(settle=1)
+    assert policy.observe(0.3, 0.05) == "gather"
+    assert policy.observe(0.2, 0.1) is None
+    assert policy.observe(0.2, 0.25) == "spread"
+    # And it does not gather again while it still queues for over half its run time.
+    assert [policy.observe(0.3, 0.2) for _ in range(10)] == [None] * 10
+    assert policy.observe(0.3, 0.1) == "gather"
 
 
 def test_between_the_thresholds_nothing_changes() -> None:
     # The gap between them is the hysteresis: a load near one CPU does not flip back and forth.
     middle = (GATHER_BELOW + SPREAD_ABOVE) / 2
     spread = AdaptiveAffinity(settle=1)
-    assert [spread.observe(middle) for _ in range(10)] == [None] * 10
+    assert [spread.observe(middle * 0.8, middle * 0.2) for _ in range(10)] == [None] * 10
     gathered = AdaptiveAffinity(settle=1)
-    assert gathered.observe(0.0) == "gather"
-    assert [gathered.observe(middle) for _ in range(10)] == [None] * 10
+    assert gathered.observe(0.0, 0.0) == "gather"
+    assert [gathered.observe(middle * 0.8, middle * 0.2) for _ in range(10)] == [None] * 10
     assert gathered.gathered
 
 
@@ -100,7 +118,7 @@ def test_between_the_thresholds_nothing_changes() -> None:
     (PolicyServiceConfig, "CALICO_POLICY_"),
 ])
 def test_control_plane_services_default_to_adaptive_and_check_the_value(
-    cls: type, prefix: str
+    cls: type[Any], prefix: str
 ) -> None:
     assert load_config(cls, env_prefix=prefix, argv=[], environ={}).cpu_affinity == "adaptive"
     pinned = load_config(cls, env_prefix=prefix, argv=[], environ={f"{prefix}CPU_AFFINITY": "1"})
