@@ -103,8 +103,10 @@ def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
 def parse_cpu_affinity(text: str) -> AffinityPolicy:
     """The ``cpu_affinity`` setting; ``ValueError`` names it and the accepted forms."""
     value = text.strip().lower()
-    if value in ("all", "adaptive"):
-        return AffinityPolicy(value)  # type: ignore[arg-type]
+    if value == "all":
+        return AffinityPolicy("all")
+    if value == "adaptive":
+        return AffinityPolicy("adaptive")
     try:
         return AffinityPolicy("fixed", parse_cpu_list(value))
     except ValueError as exc:
