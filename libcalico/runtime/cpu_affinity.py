@@ -17,10 +17,12 @@ The ``cpu_affinity`` setting of the control-plane services chooses:
   queues for less than ``QUEUED_BELOW`` of the time it runs, for ``SETTLE`` samples in a row,
   all threads are gathered on the CPU the event loop last ran on. They are spread back over
   every CPU the process started with as soon as it wants more than ``SPREAD_ABOVE``, or
-  queues for longer than it runs: a neighbour is then hogging the chosen CPU, and spreading
-  lets the scheduler move the threads off it (the next gather picks the CPU they moved to).
+  queues for longer than it runs ``QUEUED_SAMPLES`` samples in a row: a neighbour is then
+  hogging the chosen CPU, and spreading lets the scheduler move the threads off it (the next
+  gather picks the CPU they moved to).
   A sequential client needs ~0.6 CPU of the IPAM service, queued for ~0.2 of its run time;
-  two requests in flight already need ~1.0.
+  two requests in flight already need ~1.0. A process running less than ``BUSY_ABOVE`` of a
+  CPU counts as idle whatever its wake-ups waited.
 - ``all``: the scheduler decides, as for any process.
 - a CPU list, ``1`` or ``0-3,6``: pinned for good. This is the shape a guaranteed pod gets from
   Kubernetes' static CPU manager.
@@ -60,9 +62,11 @@ GATHER_BELOW = 0.8
 SPREAD_ABOVE = 1.0
 QUEUED_BELOW = 0.5
 QUEUED_ABOVE = 1.0
-QUEUE_MATTERS_ABOVE = 0.05
-"""Below this much CPU wanted, queueing is scheduler noise around an idle process."""
+BUSY_ABOVE = 0.05
+"""Below this much CPU run, a process is idle: spreading it gains nothing, and its wake-ups
+queueing behind a busy machine say nothing about where it should run."""
 SETTLE = 3
+QUEUED_SAMPLES = 2
 
 _log = get_logger(__name__)
 
@@ -124,18 +128,20 @@ class AdaptiveAffinity:
         self.settle = settle
         self.gathered = False
         self._calm = 0
+        self._queued = 0
 
     def observe(self, run: float, wait: float) -> Literal["gather", "spread"] | None:
         """What to do now: ``"gather"``, ``"spread"`` or nothing."""
-        wanted = run + wait
-        queueing = wanted > QUEUE_MATTERS_ABOVE
+        busy = run > BUSY_ABOVE
         if self.gathered:
-            if wanted > SPREAD_ABOVE or (queueing and wait > QUEUED_ABOVE * run):
+            # One sample of queueing is often a burst's first 100 ms; two is a hogged CPU.
+            self._queued = self._queued + 1 if busy and wait > QUEUED_ABOVE * run else 0
+            if (busy and run + wait > SPREAD_ABOVE) or self._queued >= QUEUED_SAMPLES:
                 self.gathered = False
-                self._calm = 0
+                self._calm = self._queued = 0
                 return "spread"
             return None
-        calm = wanted < GATHER_BELOW and not (queueing and wait > QUEUED_BELOW * run)
+        calm = not busy or (run + wait < GATHER_BELOW and wait <= QUEUED_BELOW * run)
         self._calm = self._calm + 1 if calm else 0
         if self._calm >= self.settle:
             self.gathered = True
