@@ -31,8 +31,9 @@ What ``Server`` does, in order:
    ``addresses``). ``SO_REUSEPORT`` is off so two instances cannot silently share a port;
 3. starts serving, marks health SERVING (or NOT_SERVING with ``initially_serving=False`` until
    the service calls ``set_serving(True)``), starts the metrics endpoint;
-4. runs the background ``tasks`` in one ``asyncio.TaskGroup`` (``serve`` adds the
-   ``cpu_affinity`` sampler, see ``runtime.cpu_affinity``). A task that raises is a bug:
+4. runs the background ``tasks`` in one ``asyncio.TaskGroup`` (a process's own server,
+   ``run(handle_signals=True)``, adds the sampler of ``runtime.cpu_affinity``, and only for
+   ``cpu_affinity: adaptive``). A task that raises is a bug:
    it is logged with its traceback, the others are cancelled, the server stops and the
    exception propagates so the process exits non-zero (crash-only; the supervisor restarts
    it). A task that returns is logged and not restarted. Environment failures (etcd down) are

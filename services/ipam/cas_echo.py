@@ -5,12 +5,11 @@
 
 It runs exactly like ``calico-ipam-service`` (``run_main``, the runtime's ``Server`` with its
 handler wrapping, spans and metrics, the same event loop and CPU affinity, which
-``CALICO_CAS_ECHO_CPU_AFFINITY`` sets as ``CALICO_IPAM_CPU_AFFINITY`` does the service's)
-and its handler does what an allocation
-into a cached affine block does on the wire -- one Txn comparing a key's mod revision and
-putting a block-sized value, through ``EtcdKVStore`` -- and nothing else (the values' sizes
-come from ``CALICO_CAS_ECHO_VALUE_SIZES``, comma-separated bytes used in turn, so the bench can
-match what its allocations write): no allocator, no
+``CALICO_CAS_ECHO_CPU_AFFINITY`` sets as ``CALICO_IPAM_CPU_AFFINITY`` does the service's).
+Its handler does what an allocation into a cached affine block does on the wire -- one Txn
+comparing a key's mod revision and putting a block-sized value, through ``EtcdKVStore`` --
+and nothing else (the values' sizes come from ``CALICO_CAS_ECHO_VALUE_SIZES``, comma-separated
+bytes used in turn, so the bench can match what its allocations write): no allocator, no
 protobuf beyond the raw bytes. An AutoAssign can be no faster than this; the bench prints both
 so the allocator's own cost and the cost of the two gRPC hops are told apart.
 """
