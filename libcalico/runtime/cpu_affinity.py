@@ -43,10 +43,13 @@ import contextlib
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from libcalico.errors import ValidationError
 from libcalico.runtime.log import get_logger
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 __all__ = [
     "AdaptiveAffinity",
@@ -180,10 +183,16 @@ def _current_cpu() -> int:
         return int(f.read().rsplit(b")", 1)[1].split()[36])
 
 
-async def _adapt(allowed: frozenset[int]) -> None:
-    from libcalico.runtime.metrics import counter, gauge  # config modules import this one
+def _cpus_gauge() -> Gauge:
+    from libcalico.runtime.metrics import gauge  # config modules import this module
 
-    cpus_now = gauge("calico_cpu_affinity_cpus", "CPUs this process's threads may run on now")
+    return gauge("calico_cpu_affinity_cpus", "CPUs this process's threads may run on now")
+
+
+async def _adapt(allowed: frozenset[int]) -> None:
+    from libcalico.runtime.metrics import counter
+
+    cpus_now = _cpus_gauge()
     changes = counter(
         "calico_cpu_affinity_changes_total",
         "Times the adaptive CPU affinity gathered or spread this process's threads",
@@ -241,13 +250,16 @@ def apply_cpu_affinity(setting: str) -> Callable[[], Coroutine[Any, Any, None]] 
                 field="cpu_affinity",
             ) from None
         _log.info("cpu affinity", mode="fixed", cpus=format_cpu_list(policy.cpus))
+        _cpus_gauge().set(len(policy.cpus))
         return None
     if policy.mode == "all" or len(allowed) < 2:
         _log.info("cpu affinity", mode=policy.mode, cpus=format_cpu_list(allowed))
+        _cpus_gauge().set(len(allowed))
         return None
     if not os.path.exists("/proc/thread-self/schedstat"):
         _log.warning("cpu affinity: the kernel reports no schedstat; threads stay on every CPU",
                      cpus=format_cpu_list(allowed))
+        _cpus_gauge().set(len(allowed))
         return None
     _log.info("cpu affinity", mode="adaptive", cpus=format_cpu_list(allowed),
               gather_below=GATHER_BELOW, spread_above=SPREAD_ABOVE)

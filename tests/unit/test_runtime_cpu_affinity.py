@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from libcalico.errors import ValidationError
 from libcalico.runtime import load_config
@@ -132,10 +133,11 @@ def test_control_plane_services_default_to_adaptive_and_check_the_value(
         load_config(cls, env_prefix=prefix, argv=[], environ={f"{prefix}CPU_AFFINITY": "x"})
 
 
-def test_all_leaves_the_process_alone() -> None:
+def test_all_leaves_the_process_alone_and_reports_its_cpus() -> None:
     before = os.sched_getaffinity(0)
     assert apply_cpu_affinity("all") is None
     assert os.sched_getaffinity(0) == before
+    assert REGISTRY.get_sample_value("calico_cpu_affinity_cpus") == len(before)
 
 
 def test_a_cpu_the_process_may_not_use_is_a_start_up_error() -> None:
