@@ -33,7 +33,8 @@ node agents have no such setting: they fork iptables-restore and BIRD, which wou
 one-CPU mask, and they run beside the pods.
 
 Metrics: ``calico_cpu_affinity_cpus`` (CPUs the threads may use now) and
-``calico_cpu_affinity_changes_total{to="gathered"|"spread"}``.
+``calico_cpu_affinity_changes_total{to="gathered"|"spread"}``. ``bench/ipam_affinity.py``
+measures each shape; ``bench/ipam.py`` runs its etcd-direct service both ways.
 """
 
 from __future__ import annotations
