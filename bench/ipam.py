@@ -81,11 +81,9 @@ from libcalico.api.ipam.v1 import ipam_pb2_grpc as pb_grpc
 from libcalico.client import DatastoreClient
 from libcalico.etcd_server import EtcdServer
 from libcalico.testing.datastore import DatastoreProcess
-from libcalico.testing.service_process import ServiceProcess
 from services.ipam import cas_echo
-from services.ipam.blocks import Block
 from services.ipam.kvstore import EtcdKVStore, Put
-from services.ipam.testing import IPAMProcess
+from services.ipam.testing import CasEchoProcess, IPAMProcess, allocation_block_values
 
 TARGET_RATIO = 0.5
 POOL_CIDR = "10.64.0.0/12"
@@ -140,19 +138,8 @@ async def timed_workers_each(
 # -- floor ---------------------------------------------------------------------------------------
 
 
-def block_values() -> list[bytes]:
-    """What the affine phase writes to one block, in order: the block's JSON after its 1st,
-    2nd, ... 64th allocation, each under its own handle with the attributes AutoAssign gets."""
-    node = "a0-etcd-direct-affine"
-    block = Block.new(ipaddress.ip_network("10.96.0.0/26"), node)
-    values: list[bytes] = []
-    for i in range(block.size):
-        block.auto_assign(1, f"k8s-pod-network.a0-{i}", {"node": node, "timestamp": "bench"})
-        values.append(block.to_json())
-    return values
-
-
-BLOCK_VALUES = block_values()
+# What the affine phase writes to one block, in order (the raw CAS and the floor write these).
+BLOCK_VALUES = allocation_block_values("a0-etcd-direct-affine", "a0")
 
 
 async def raw_cas_round(
@@ -324,11 +311,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for svc in services.values():
             await svc.start()
             started.append(svc)
-        echo = ServiceProcess("calico-cas-echo", "services.ipam.cas_echo", work / "echo.sock", {
-            "CALICO_CAS_ECHO_LISTEN": f"unix://{work / 'echo.sock'}",
-            "CALICO_CAS_ECHO_ETCD": etcd.endpoint,
-            "CALICO_CAS_ECHO_VALUE_SIZES": ",".join(str(len(v)) for v in BLOCK_VALUES),
-        })
+        echo = CasEchoProcess(work / "echo.sock", etcd.endpoint, [len(v) for v in BLOCK_VALUES])
         await echo.start()
         started.append(echo)
         async with DatastoreClient(ds.target) as client:

@@ -51,7 +51,7 @@ from libcalico.keys import resource_key
 from libcalico.testing.service_process import ServiceProcess
 from services.ipam import cas_echo
 from services.ipam.kvstore import EtcdKVStore, Put
-from services.ipam.testing import IPAMProcess
+from services.ipam.testing import CasEchoProcess, IPAMProcess, allocation_block_values
 
 POOL = "affinity-bench"
 POOL_CIDR = "10.96.0.0/12"
@@ -97,10 +97,9 @@ async def start_ipam(work: Path, etcd: EtcdServer, index: int, affinity: str,
 
 
 async def start_floor(work: Path, etcd: EtcdServer, started: list[ServiceProcess]) -> Call:
-    sock = work / "echo.sock"
-    echo = ServiceProcess("calico-cas-echo", "services.ipam.cas_echo", sock, {
-        "CALICO_CAS_ECHO_LISTEN": f"unix://{sock}", "CALICO_CAS_ECHO_ETCD": etcd.endpoint,
-    })
+    # The sizes the allocations' block writes have (etcd's cost grows with the value).
+    sizes = [len(v) for v in allocation_block_values("bench-0", "bench-0")]
+    echo = CasEchoProcess(work / "echo.sock", etcd.endpoint, sizes)
     await echo.start()
     started.append(echo)
     call = grpc.aio.insecure_channel(echo.target).unary_unary(cas_echo.METHOD)

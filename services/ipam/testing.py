@@ -4,6 +4,8 @@
   the current event loop; yields the ``IPAMGraph`` and the target.
 - ``IPAMProcess(cfg_env)``: ``calico-ipam-service`` as a child process, waited for until its
   health check says SERVING, always stopped (SIGTERM, then SIGKILL).
+- ``CasEchoProcess``: the benches' floor, ``services.ipam.cas_echo``, the same way; with
+  ``allocation_block_values(node, tag)``, what its CAS should write to cost what an allocation does.
 - ``python -m services.ipam.testing worker --etcd URL --node N --count K --prefix P``: one
   independent allocator (its own block cache) straight on etcd, taking ``count`` addresses
   one request at a time under handles ``<prefix>.<i>`` and printing ``<ip> <handle>`` per
@@ -17,16 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from libcalico import keys
 from libcalico.testing.service_process import ServiceProcess
 from services.ipam.allocator import Allocator, AutoAssignArgs, ResourceCache
+from services.ipam.blocks import Block
 from services.ipam.config import IPAMServiceConfig
 from services.ipam.kvstore import EtcdKVStore, KVResourceStore, Put
 from services.ipam.main import IPAMGraph, build, server_spec
@@ -67,6 +71,36 @@ class IPAMProcess(ServiceProcess):
             **({"CALICO_IPAM_ETCD_ENDPOINTS": etcd_endpoints} if etcd_endpoints else {}),
             **(env or {}),
         })
+
+
+class CasEchoProcess(ServiceProcess):
+    """``services.ipam.cas_echo`` as a child process on ``unix://<socket_path>``: each call one
+    CAS on ``etcd_endpoint`` writing values of ``value_sizes`` bytes in turn."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        etcd_endpoint: str,
+        value_sizes: Sequence[int],
+    ) -> None:
+        super().__init__("calico-cas-echo", "services.ipam.cas_echo", socket_path, {
+            "CALICO_CAS_ECHO_LISTEN": f"unix://{Path(socket_path)}",
+            "CALICO_CAS_ECHO_ETCD": etcd_endpoint,
+            "CALICO_CAS_ECHO_VALUE_SIZES": ",".join(str(size) for size in value_sizes),
+        })
+
+
+def allocation_block_values(node: str, tag: str) -> list[bytes]:
+    """What allocating a /26 block's addresses one by one writes to it, in order: the block's
+    JSON after its 1st, 2nd, ... 64th allocation, each under its own handle
+    (``k8s-pod-network.<tag>-<i>``) with the attributes the benches' AutoAssigns carry
+    (``node``, ``timestamp``)."""
+    block = Block.new(ipaddress.ip_network("10.96.0.0/26"), node)
+    values: list[bytes] = []
+    for i in range(block.size):
+        block.auto_assign(1, f"k8s-pod-network.{tag}-{i}", {"node": node, "timestamp": "bench"})
+        values.append(block.to_json())
+    return values
 
 
 def wep(node: str, handle: str, ip: str) -> dict[str, object]:

@@ -7,18 +7,13 @@ from pathlib import Path
 import grpc.aio
 
 from libcalico.etcd_server import EtcdServer
-from libcalico.testing.service_process import ServiceProcess
 from services.ipam import cas_echo
 from services.ipam.kvstore import EtcdKVStore
+from services.ipam.testing import CasEchoProcess
 
 
 async def test_each_call_is_one_compare_and_swap(etcd: EtcdServer, tmp_path: Path) -> None:
-    sock = tmp_path / "echo.sock"
-    proc = ServiceProcess("calico-cas-echo", "services.ipam.cas_echo", sock, {
-        "CALICO_CAS_ECHO_LISTEN": f"unix://{sock}",
-        "CALICO_CAS_ECHO_ETCD": etcd.endpoint,
-        "CALICO_CAS_ECHO_VALUE_SIZES": "100,200",
-    })
+    proc = CasEchoProcess(tmp_path / "echo.sock", etcd.endpoint, [100, 200])
     kv = EtcdKVStore.from_endpoint(etcd.endpoint)
     try:
         async with proc, grpc.aio.insecure_channel(proc.target) as channel:
